@@ -1,0 +1,63 @@
+"""Which jobs this worker accepts: a per-worker job limit, answered in ``request_fnc``.
+
+The framework's request_fnc only sees the JobRequest, and its load_fnc only sees the Worker; so
+the limiter learns the Worker from load_fnc (called at registration and every few seconds) and
+counts jobs that were accepted but not launched yet itself, so a burst of requests cannot slip
+past the limit between two load updates.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from livekit.agents import JobRequest, Worker
+from livekit.agents.worker import _DefaultLoadCalc
+
+logger = logging.getLogger("worker.admission")
+
+
+@dataclass(frozen=True)
+class AdmissionOptions:
+    max_jobs: int
+    agent_identity: str
+    agent_display_name: str = "Agent"
+
+
+class JobLimiter:
+    """``request_fnc`` + ``load_fnc`` pair enforcing ``max_jobs`` running jobs per worker."""
+
+    def __init__(self, options: AdmissionOptions) -> None:
+        self._opts = options
+        self._worker: Worker | None = None
+        self._pending = 0
+
+    @property
+    def running(self) -> int:
+        active = len(self._worker.active_jobs) if self._worker is not None else 0
+        return active + self._pending
+
+    def load(self, worker: Worker) -> float:
+        """Worker load in [0, 1]: CPU load, or 1.0 once the job limit is reached."""
+        self._worker = worker
+        if self.running >= self._opts.max_jobs:
+            return 1.0
+        return min(_DefaultLoadCalc.get_load(worker), 1.0)
+
+    async def request(self, req: JobRequest) -> None:
+        if self.running >= self._opts.max_jobs:
+            logger.info(
+                "rejecting job: worker is at its job limit",
+                extra={"job_id": req.id, "room": req.room.name, "max_jobs": self._opts.max_jobs},
+            )
+            await req.reject()
+            return
+        self._pending += 1
+        try:
+            # accept() returns once the server assigned the job and its process was launched.
+            await req.accept(
+                name=self._opts.agent_display_name,
+                identity=self._opts.agent_identity,  # empty: the framework's "agent-<job id>"
+            )
+        finally:
+            self._pending -= 1

@@ -1,0 +1,197 @@
+"""Command line: the framework's worker commands plus the project's own.
+
+``start``, ``dev``, ``connect`` and ``download-files`` are handed to ``livekit.agents.cli`` as
+in any LiveKit agent; ``dispatch``, ``token`` and ``talk`` are ours. Usage errors and bad
+configuration print one line per problem and exit with status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import sys
+from collections.abc import Callable, Sequence
+from datetime import timedelta
+from typing import NoReturn
+
+from .config import ConfigError, Need, Settings, load_settings
+from .redaction import install_log_redaction, redact
+
+FRAMEWORK_COMMANDS = {
+    "start": "run the worker in production mode (drains running jobs on SIGTERM)",
+    "dev": "run the worker in development mode (reloads on code changes)",
+    "connect": "connect to one room right away (--room NAME)",
+    "download-files": "download the plugins' model files (none needed: models ship in wheels)",
+}
+OWN_COMMANDS = {
+    "dispatch": "dispatch this agent (AGENT_NAME) into a room through the server API",
+    "token": "print a join token for a person (room join only) to talk to the agent",
+}
+USAGE_ERROR = 2
+
+
+def _fail(problems: Sequence[str]) -> NoReturn:
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+    raise SystemExit(USAGE_ERROR)
+
+
+def _settings(needs: Sequence[Need]) -> Settings:
+    try:
+        settings = load_settings(needs=needs)
+    except ConfigError as e:
+        _fail(e.problems)
+    install_log_redaction(settings.secrets())
+    return settings
+
+
+def _help() -> str:
+    width = max(map(len, FRAMEWORK_COMMANDS | OWN_COMMANDS)) + 2
+    lines = ["usage: python -m worker COMMAND [ARGS]...", "", "LiveKit voice-agent worker.", ""]
+    lines.append("Worker commands (livekit-agents CLI, see COMMAND --help):")
+    lines += [f"  {name:<{width}}{text}" for name, text in FRAMEWORK_COMMANDS.items()]
+    lines += ["", "Project commands (see COMMAND --help):"]
+    lines += [f"  {name:<{width}}{text}" for name, text in OWN_COMMANDS.items()]
+    lines += ["", "Configuration comes from the environment and ./.env (see README.md)."]
+    return "\n".join(lines)
+
+
+def _run_framework(command: str, argv: list[str]) -> None:
+    from livekit.agents import cli
+
+    from .entrypoint import WORKER_NEEDS, worker_options
+
+    needs = () if command == "download-files" or "--help" in argv else WORKER_NEEDS
+    settings = _settings(needs)
+    sys.argv = [sys.argv[0], command, *argv]
+    cli.run_app(worker_options(settings))
+
+
+# --- dispatch -------------------------------------------------------------------------------
+
+
+def _dispatch(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="python -m worker dispatch", description=OWN_COMMANDS["dispatch"])
+    parser.add_argument("--room", required=True, help="room to dispatch the agent into")
+    parser.add_argument("--metadata", default="", help="job metadata, a JSON document")
+    args = parser.parse_args(argv)
+    problems = []
+    if args.metadata:
+        try:
+            json.loads(args.metadata)
+        except json.JSONDecodeError as e:
+            problems.append(f"--metadata: not valid JSON ({e.msg} at position {e.pos})")
+    if not args.room.strip():
+        problems.append("--room: must not be empty")
+    if problems:
+        _fail(problems)
+    settings = _settings((Need.LIVEKIT_SERVER, Need.AGENT_NAME))
+    try:
+        dispatch_id = asyncio.run(create_dispatch(settings, args.room, args.metadata))
+    except Exception as e:  # report the server's answer, masked like every log line
+        _fail([f"dispatch failed: {redact(str(e) or type(e).__name__, settings.secrets())}"])
+    print(dispatch_id)
+
+
+async def create_dispatch(settings: Settings, room: str, metadata: str) -> str:
+    """Create an explicit dispatch of ``settings.agent_name`` into ``room``; return its id."""
+    from livekit import api
+
+    async with api.LiveKitAPI(
+        settings.livekit_url,
+        settings.livekit_api_key.reveal(),
+        settings.livekit_api_secret.reveal(),
+    ) as lkapi:
+        dispatch = await lkapi.agent_dispatch.create_dispatch(
+            api.CreateAgentDispatchRequest(
+                agent_name=settings.agent_name, room=room, metadata=metadata
+            )
+        )
+    return str(dispatch.id)
+
+
+# --- token ----------------------------------------------------------------------------------
+
+_TTL_RE = re.compile(r"^(\d+)\s*([smhd]?)$")
+_TTL_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+MAX_TTL = timedelta(hours=24)
+
+
+def parse_ttl(text: str) -> timedelta:
+    """``90``, ``90s``, ``15m``, ``2h``, ``1d`` -> timedelta; at most 24 h."""
+    match = _TTL_RE.match(text.strip().lower())
+    if not match:
+        raise ValueError("must be a duration like 900, 15m, 2h or 1d")
+    ttl = timedelta(seconds=int(match[1]) * _TTL_UNITS[match[2]])
+    if not timedelta(0) < ttl <= MAX_TTL:
+        raise ValueError("must be more than 0 and at most 24h")
+    return ttl
+
+
+def mint_token(settings: Settings, room: str, identity: str, ttl: timedelta, name: str = "") -> str:
+    """A participant token with the least privilege: join this one room, publish and subscribe."""
+    from livekit import api
+
+    grants = api.VideoGrants(
+        room_join=True,
+        room=room,
+        can_publish=True,
+        can_subscribe=True,
+        can_publish_data=True,
+    )
+    token = (
+        api.AccessToken(settings.livekit_api_key.reveal(), settings.livekit_api_secret.reveal())
+        .with_identity(identity)
+        .with_name(name or identity)
+        .with_grants(grants)
+        .with_ttl(ttl)
+    )
+    return token.to_jwt()
+
+
+def _token(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="python -m worker token", description=OWN_COMMANDS["token"])
+    parser.add_argument("--room", required=True, help="the only room the token may join")
+    parser.add_argument("--identity", required=True, help="the participant identity")
+    parser.add_argument("--name", default="", help="display name (default: the identity)")
+    parser.add_argument("--ttl", default="1h", help="validity, e.g. 15m, 2h (max 24h; default 1h)")
+    args = parser.parse_args(argv)
+    problems = []
+    try:
+        ttl = parse_ttl(args.ttl)
+    except ValueError as e:
+        problems.append(f"--ttl: {e}")
+    for flag, value in (("--room", args.room), ("--identity", args.identity)):
+        if not value.strip():
+            problems.append(f"{flag}: must not be empty")
+    if problems:
+        _fail(problems)
+    settings = _settings((Need.LIVEKIT_KEYS,))
+    print(mint_token(settings, args.room, args.identity, ttl, args.name))
+
+
+# --- main -----------------------------------------------------------------------------------
+
+OwnCommand = Callable[[list[str]], None]
+
+
+def _own_commands() -> dict[str, OwnCommand]:
+    return {"dispatch": _dispatch, "token": _token}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(_help())
+        return
+    command, rest = args[0], args[1:]
+    own = _own_commands()
+    if command in own:
+        own[command](rest)
+    elif command in FRAMEWORK_COMMANDS:
+        _run_framework(command, rest)
+    else:
+        print(_help(), file=sys.stderr)
+        _fail([f"unknown command {command!r}"])

@@ -1,0 +1,291 @@
+"""Settings from the environment (and an optional ``.env`` file), validated once.
+
+Every problem is collected, not just the first, so a user fixes their configuration in one
+go: ``ConfigError.problems`` holds one line per problem, naming the variable. Secrets are
+wrapped in :class:`Secret`, whose ``str``/``repr`` never show the value.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlparse
+
+AudioInputMode = Literal["auto", "on", "off"]
+SttProvider = Literal["deepgram", "whisper"]
+TtsProvider = Literal["deepgram", "piper"]
+
+
+class Secret:
+    """A secret string that never prints itself."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+    def __repr__(self) -> str:
+        return "Secret('***')" if self._value else "Secret('')"
+
+    __str__ = __repr__
+
+
+class Need(Enum):
+    """What a command needs from the configuration beyond well-formed values."""
+
+    LIVEKIT_SERVER = "livekit_server"  # url + key + secret: start/dev/connect/dispatch
+    LIVEKIT_KEYS = "livekit_keys"  # key + secret: token
+    AGENT_NAME = "agent_name"  # explicit dispatch
+    CLOUD_PROVIDERS = "cloud_providers"  # keys for the configured cloud STT/TTS/LLM
+
+
+class ConfigError(Exception):
+    """Invalid configuration: one human-readable line per problem."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class Settings:
+    livekit_url: str = "ws://localhost:7880"
+    livekit_api_key: Secret = field(default_factory=lambda: Secret(""))
+    livekit_api_secret: Secret = field(default_factory=lambda: Secret(""))
+    agent_name: str = ""
+    agent_identity: str = ""  # empty: "agent-<job id>", unique per room
+    instructions: str = (
+        "You are a friendly voice assistant talking with a person through a LiveKit room. "
+        "Answer briefly, in plain spoken sentences without markdown, lists or emoji."
+    )
+    greeting: str = ""
+    tools: str = ""
+    deepgram_api_key: Secret = field(default_factory=lambda: Secret(""))
+    deepgram_stt_url: str = "https://api.deepgram.com/v1/listen"
+    deepgram_tts_url: str = "https://api.deepgram.com/v1/speak"
+    openai_api_key: Secret = field(default_factory=lambda: Secret(""))
+    openai_base_url: str = ""
+    llm_model: str = "gpt-4o-mini"
+    llm_audio_input: AudioInputMode = "auto"
+    stt_provider: SttProvider = "deepgram"
+    tts_provider: TtsProvider = "deepgram"
+    metrics_topic: str = "agent.metrics"
+    max_jobs: int = 25
+    worker_port: int = 8081
+
+    def secrets(self) -> list[str]:
+        """The secret values in force (for redaction filters and tests)."""
+        return [
+            s.reveal()
+            for s in (
+                self.livekit_api_key,
+                self.livekit_api_secret,
+                self.deepgram_api_key,
+                self.openai_api_key,
+            )
+            if s
+        ]
+
+
+def read_dotenv(path: Path) -> dict[str, str]:
+    """Parse a ``.env`` file: ``KEY=value`` lines, ``#`` comments, optional quotes/export."""
+    values: dict[str, str] = {}
+    for raw in path.read_text(encoding="utf-8").splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        line = line.removeprefix("export ").strip()
+        key, sep, value = line.partition("=")
+        if not sep:
+            continue
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        elif " #" in value:
+            value = value.split(" #", 1)[0].rstrip()
+        values[key.strip()] = value
+    return values
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None,
+    *,
+    dotenv: Path | None = Path(".env"),
+    needs: Iterable[Need] = (),
+) -> Settings:
+    """Build and validate :class:`Settings`; raise :class:`ConfigError` listing every problem.
+
+    Values in the real environment win over the ``.env`` file.
+    """
+    env: dict[str, str] = {}
+    if dotenv is not None and dotenv.is_file():
+        env.update(read_dotenv(dotenv))
+    env.update(os.environ if environ is None else environ)
+    return _Parser(env).parse(set(needs))
+
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]+$")
+_TOOLS_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+class _Parser:
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self._env = env
+        self.problems: list[str] = []
+
+    def _get(self, name: str) -> str | None:
+        value = self._env.get(name)
+        if value is None:
+            return None
+        value = value.strip()
+        return value or None
+
+    def _problem(self, name: str, message: str) -> None:
+        self.problems.append(f"{name}: {message}")
+
+    def _url(self, name: str, default: str, schemes: tuple[str, ...]) -> str:
+        value = self._get(name)
+        if value is None:
+            return default
+        parsed = urlparse(value)
+        if parsed.scheme not in schemes or not parsed.netloc:
+            self._problem(
+                name, f"must be a URL starting with {' or '.join(s + '://' for s in schemes)}"
+            )
+            return default
+        return value.rstrip("/")
+
+    def _choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
+        value = self._get(name)
+        if value is None:
+            return default
+        if value.lower() not in choices:
+            self._problem(name, f"must be one of {', '.join(choices)} (got {value!r})")
+            return default
+        return value.lower()
+
+    def _int(self, name: str, default: int, lo: int, hi: int) -> int:
+        value = self._get(name)
+        if value is None:
+            return default
+        try:
+            number = int(value)
+        except ValueError:
+            self._problem(name, f"must be a whole number (got {value!r})")
+            return default
+        if not lo <= number <= hi:
+            self._problem(name, f"must be between {lo} and {hi} (got {number})")
+            return default
+        return number
+
+    def _name(self, name: str, default: str) -> str:
+        value = self._get(name)
+        if value is None:
+            return default
+        if not _NAME_RE.match(value):
+            self._problem(name, "may contain only letters, digits, '.', '_' and '-'")
+            return default
+        return value
+
+    def _secret(self, name: str) -> Secret:
+        return Secret(self._get(name) or "")
+
+    def _instructions(self, default: str) -> str:
+        value = self._get("AGENT_INSTRUCTIONS")
+        if value is None:
+            return default
+        if value.startswith("@"):
+            path = Path(value[1:]).expanduser()
+            try:
+                text = path.read_text(encoding="utf-8").strip()
+            except OSError as e:
+                self._problem("AGENT_INSTRUCTIONS", f"cannot read {path}: {e.strerror}")
+                return default
+            if not text:
+                self._problem("AGENT_INSTRUCTIONS", f"{path} is empty")
+                return default
+            return text
+        return value
+
+    def parse(self, needs: set[Need]) -> Settings:
+        d = Settings()
+        tools = self._get("AGENT_TOOLS") or ""
+        if tools and not _TOOLS_RE.match(tools):
+            self._problem("AGENT_TOOLS", "must look like package.module:ClassName")
+            tools = ""
+        settings = Settings(
+            livekit_url=self._url("LIVEKIT_URL", d.livekit_url, ("ws", "wss", "http", "https")),
+            livekit_api_key=self._secret("LIVEKIT_API_KEY"),
+            livekit_api_secret=self._secret("LIVEKIT_API_SECRET"),
+            agent_name=self._name("AGENT_NAME", d.agent_name),
+            agent_identity=self._name("AGENT_IDENTITY", d.agent_identity),
+            instructions=self._instructions(d.instructions),
+            greeting=self._get("AGENT_GREETING") or "",
+            tools=tools,
+            deepgram_api_key=self._secret("DEEPGRAM_API_KEY"),
+            deepgram_stt_url=self._url(
+                "DEEPGRAM_STT_URL", d.deepgram_stt_url, ("http", "https", "ws", "wss")
+            ),
+            deepgram_tts_url=self._url(
+                "DEEPGRAM_TTS_URL", d.deepgram_tts_url, ("http", "https", "ws", "wss")
+            ),
+            openai_api_key=self._secret("OPENAI_API_KEY"),
+            openai_base_url=self._url("OPENAI_BASE_URL", "", ("http", "https")),
+            llm_model=self._get("LLM_MODEL") or d.llm_model,
+            llm_audio_input=self._choice(  # type: ignore[arg-type]
+                "LLM_AUDIO_INPUT", d.llm_audio_input, ("auto", "on", "off")
+            ),
+            stt_provider=self._choice(  # type: ignore[arg-type]
+                "STT_PROVIDER", d.stt_provider, ("deepgram", "whisper")
+            ),
+            tts_provider=self._choice(  # type: ignore[arg-type]
+                "TTS_PROVIDER", d.tts_provider, ("deepgram", "piper")
+            ),
+            metrics_topic=self._get("METRICS_TOPIC") or d.metrics_topic,
+            max_jobs=self._int("MAX_JOBS", d.max_jobs, 1, 1000),
+            worker_port=self._int("WORKER_PORT", d.worker_port, 0, 65535),
+        )
+        self._check_needs(settings, needs)
+        if self.problems:
+            raise ConfigError(self.problems)
+        return settings
+
+    def _check_needs(self, s: Settings, needs: set[Need]) -> None:
+        def missing(name: str, why: str) -> None:
+            self._problem(name, f"is not set ({why})")
+
+        if Need.LIVEKIT_SERVER in needs and self._get("LIVEKIT_URL") is None:
+            missing("LIVEKIT_URL", "the LiveKit server URL, e.g. ws://localhost:7880")
+        if Need.LIVEKIT_SERVER in needs or Need.LIVEKIT_KEYS in needs:
+            if not s.livekit_api_key:
+                missing("LIVEKIT_API_KEY", "the API key of your LiveKit server or project")
+            if not s.livekit_api_secret:
+                missing("LIVEKIT_API_SECRET", "the API secret of your LiveKit server or project")
+        if Need.AGENT_NAME in needs and not s.agent_name:
+            missing("AGENT_NAME", "explicit dispatch needs the worker's agent name")
+        if Need.CLOUD_PROVIDERS in needs:
+            uses_deepgram = s.stt_provider == "deepgram" or s.tts_provider == "deepgram"
+            if uses_deepgram and not s.deepgram_api_key:
+                missing("DEEPGRAM_API_KEY", "needed by STT_PROVIDER/TTS_PROVIDER=deepgram")
+            if not s.openai_api_key and not s.openai_base_url:
+                missing(
+                    "OPENAI_API_KEY",
+                    "needed for OpenAI; or set OPENAI_BASE_URL to a compatible server",
+                )

@@ -73,7 +73,9 @@ def _run_framework(command: str, argv: list[str]) -> None:
 
 
 def _dispatch(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="python -m worker dispatch", description=OWN_COMMANDS["dispatch"])
+    parser = argparse.ArgumentParser(
+        prog="python -m worker dispatch", description=OWN_COMMANDS["dispatch"]
+    )
     parser.add_argument("--room", required=True, help="room to dispatch the agent into")
     parser.add_argument("--metadata", default="", help="job metadata, a JSON document")
     args = parser.parse_args(argv)
@@ -152,7 +154,9 @@ def mint_token(settings: Settings, room: str, identity: str, ttl: timedelta, nam
 
 
 def _token(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="python -m worker token", description=OWN_COMMANDS["token"])
+    parser = argparse.ArgumentParser(
+        prog="python -m worker token", description=OWN_COMMANDS["token"]
+    )
     parser.add_argument("--room", required=True, help="the only room the token may join")
     parser.add_argument("--identity", required=True, help="the participant identity")
     parser.add_argument("--name", default="", help="display name (default: the identity)")

@@ -1,0 +1,125 @@
+"""The user's utterance audio, for ChatAudio, captured from what the VAD already receives.
+
+``TappedVAD`` wraps any VAD: every frame the pipeline pushes into its VAD stream is also kept in
+an ``UtteranceAudio`` ring buffer, and every VAD event is shown to it. No second AudioStream is
+opened on the track (no extra decoding or resampling per session).
+
+Why a ring buffer rather than the END_OF_SPEECH event's frames: the reply may be requested as
+soon as the final transcript arrives, before the VAD has decided that speech ended, so the audio
+"up to now" must be available at any moment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from livekit import rtc
+from livekit.agents import llm, utils, vad
+
+
+@dataclass(frozen=True)
+class UtteranceAudioOptions:
+    max_seconds: float = 30.0
+    """Longest utterance kept; older audio is dropped (bounded memory)."""
+    prefix_seconds: float = 0.3
+    """Audio kept before the detected start of speech (the VAD detects speech late)."""
+
+
+class UtteranceAudio:
+    """Frames since the current utterance started; all accounting in samples, O(1) per frame."""
+
+    def __init__(self, options: UtteranceAudioOptions | None = None) -> None:
+        self._opts = options or UtteranceAudioOptions()
+        self._frames: deque[tuple[int, rtc.AudioFrame]] = deque()  # (first sample index, frame)
+        self._samples = 0  # samples pushed so far (at the frames' own rate)
+        self._rate = 16000
+        self._start: int | None = None  # sample index where the current utterance starts
+        self.speech_ended_at: float | None = None
+        """perf_counter time the user actually stopped speaking (VAD end minus its silence)."""
+
+    def push(self, frame: rtc.AudioFrame) -> None:
+        if frame.samples_per_channel == 0:
+            return
+        self._rate = frame.sample_rate
+        self._frames.append((self._samples, frame))
+        self._samples += frame.samples_per_channel
+        horizon = self._samples - int(self._opts.max_seconds * self._rate)
+        while (
+            self._frames and self._frames[0][0] + self._frames[0][1].samples_per_channel < horizon
+        ):
+            self._frames.popleft()
+
+    def on_vad_event(self, ev: vad.VADEvent) -> None:
+        if ev.type == vad.VADEventType.START_OF_SPEECH and self._start is None:
+            back = ev.speech_duration + self._opts.prefix_seconds
+            self._start = max(0, self._samples - int(back * self._rate))
+        elif ev.type == vad.VADEventType.END_OF_SPEECH:
+            self.speech_ended_at = time.perf_counter() - ev.silence_duration
+
+    @property
+    def in_utterance(self) -> bool:
+        return self._start is not None
+
+    def take(self) -> llm.ChatAudio | None:
+        """The current utterance so far as one 16 kHz mono ChatAudio (None if there is none)."""
+        if self._start is None:
+            return None
+        frames = [f for first, f in self._frames if first + f.samples_per_channel > self._start]
+        if not frames:
+            return None
+        return llm.ChatAudio(frame=rtc.combine_audio_frames(frames))
+
+    def reset(self) -> None:
+        """The utterance was committed: the next one starts at the next START_OF_SPEECH."""
+        self._start = None
+
+
+class TappedVAD(vad.VAD):
+    """A VAD that shows every pushed frame and every event to ``on_frame`` / ``on_event``."""
+
+    def __init__(
+        self,
+        inner: vad.VAD,
+        *,
+        on_frame: Callable[[rtc.AudioFrame], None],
+        on_event: Callable[[vad.VADEvent], None],
+    ) -> None:
+        super().__init__(capabilities=inner.capabilities)
+        self._inner = inner
+        self._on_frame, self._on_event = on_frame, on_event
+
+    def stream(self) -> vad.VADStream:
+        return _TappedStream(self, self._inner.stream())
+
+
+class _TappedStream(vad.VADStream):
+    def __init__(self, tapped: TappedVAD, inner: vad.VADStream) -> None:
+        self._tapped = tapped
+        self._inner = inner
+        super().__init__(tapped)
+
+    async def _main_task(self) -> None:
+        async def forward_input() -> None:
+            async for item in self._input_ch:
+                if isinstance(item, rtc.AudioFrame):
+                    self._tapped._on_frame(item)
+                    self._inner.push_frame(item)
+                else:
+                    self._inner.flush()
+            self._inner.end_input()
+
+        async def forward_events() -> None:
+            async for ev in self._inner:
+                self._tapped._on_event(ev)
+                self._event_ch.send_nowait(ev)
+
+        tasks = [asyncio.create_task(forward_input()), asyncio.create_task(forward_events())]
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            await utils.aio.gracefully_cancel(*tasks)
+            await self._inner.aclose()

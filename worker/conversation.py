@@ -1,0 +1,329 @@
+"""One spoken conversation with one participant, on VoicePipelineAgent 0.12.
+
+This is the only module that knows VoicePipelineAgent (its constructor, events and hooks), so a
+move to the 1.x AgentSession stays contained here. It fills the pipeline's gaps:
+
+- the user's turn reaches the LLM as text + utterance audio (ChatAudio) + the newest camera /
+  screen image (ChatImage), prepared off the voice path, and the committed message keeps them;
+- the context is one rolling, bounded ChatContext (``context.trim_chat_context``);
+- tool calls run concurrently inside the LLM stream (``tool_runner``), and their messages are
+  persisted next to the reply they belong to;
+- every metrics event and a per-turn summary go to an observer (the metrics publisher);
+- ``aclose()`` really closes the agent's tasks and streams (the 0.12 agent's does nothing).
+
+Voice-path choices: the reply is requested on the final transcript (``preemptive_synthesis``),
+before the VAD's silence window ends, and played only once the turn is confirmed; the TTS
+starts on the first sentence (``tts_segmenter``), not on the whole reply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from livekit import rtc
+from livekit.agents import llm, stt, tts, utils, vad
+from livekit.agents.pipeline import AgentTranscriptionOptions, VoicePipelineAgent
+
+from .audio_capture import TappedVAD, UtteranceAudio, UtteranceAudioOptions
+from .context import ContextLimits, trim_chat_context
+from .tool_runner import ToolRoundsStream, ToolRunnerOptions, ToolRunningLLM
+from .video_capture import VIDEO_SOURCES, ImageOptions, VideoCapture
+
+logger = logging.getLogger("worker.conversation")
+
+
+@dataclass(frozen=True)
+class ConversationOptions:
+    instructions: str
+    greeting: str = ""
+    context: ContextLimits = field(default_factory=ContextLimits)
+    images: ImageOptions = field(default_factory=ImageOptions)
+    audio: UtteranceAudioOptions = field(default_factory=UtteranceAudioOptions)
+    tools: ToolRunnerOptions = field(default_factory=ToolRunnerOptions)
+    min_endpointing_delay: float = 0.5
+    """Seconds of silence (counted from the final transcript or VAD end) before replying."""
+    allow_interruptions: bool = True
+    rejoin_timeout: float = 0.0
+    """How long to wait for the participant to come back before the conversation ends."""
+
+
+class ConversationObserver(Protocol):
+    """What the conversation reports (the metrics publisher implements it)."""
+
+    def on_metrics(self, metrics: Any) -> None: ...
+    def on_user_stopped_speaking(self, at: float) -> None: ...
+    def on_first_audio(self, at: float) -> None: ...
+    def on_reply_finished(self, *, interrupted: bool, tool_time: float) -> None: ...
+
+
+class Conversation:
+    def __init__(
+        self,
+        room: rtc.Room,
+        participant_identity: str,
+        *,
+        vad: vad.VAD,
+        stt: stt.STT,
+        llm_: llm.LLM,
+        tts: tts.TTS,
+        tools: llm.FunctionContext | None,
+        options: ConversationOptions,
+        observer: ConversationObserver | None = None,
+    ) -> None:
+        self._room = room
+        self._identity = participant_identity
+        self._opts = options
+        self._observer = observer
+        self._audio = UtteranceAudio(options.audio)
+        self._video = VideoCapture(options.images)
+        self._llm = ToolRunningLLM(llm_, options.tools)
+        self._pending_media: tuple[str, list[llm.ChatImage | llm.ChatAudio]] | None = None
+        self._ending = False
+        self._done = asyncio.Event()
+        self._end_reason = ""
+        self._rejoin_task: asyncio.Task[None] | None = None
+        self._closed = False
+        self._owned: set[asyncio.Task[None]] = set()
+        self.chat_ctx = llm.ChatContext().append(role="system", text=options.instructions)
+        self.agent = VoicePipelineAgent(
+            vad=TappedVAD(vad, on_frame=self._audio.push, on_event=self._on_vad_event),
+            stt=stt,
+            llm=self._llm,
+            tts=tts,
+            chat_ctx=self.chat_ctx,
+            fnc_ctx=tools,
+            allow_interruptions=options.allow_interruptions,
+            min_endpointing_delay=options.min_endpointing_delay,
+            preemptive_synthesis=True,
+            transcription=AgentTranscriptionOptions(),
+            before_llm_cb=self._before_llm,
+        )
+        self._wire_agent()
+
+    # --- public ------------------------------------------------------------------------------
+
+    @property
+    def video(self) -> VideoCapture:
+        return self._video
+
+    def end_after_reply(self) -> None:
+        """End the conversation once the current reply finished playing (the end_call tool)."""
+        self._ending = True
+
+    async def start(self) -> None:
+        participant = self._room.remote_participants.get(self._identity)
+        if participant is None:
+            raise RuntimeError(f"participant {self._identity!r} is not in the room")
+        self._room.on("track_subscribed", self._on_track_subscribed)
+        self._room.on("track_unsubscribed", self._on_track_unsubscribed)
+        self._room.on("participant_disconnected", self._on_participant_disconnected)
+        self._room.on("participant_connected", self._on_participant_connected)
+        for publication in participant.track_publications.values():
+            if publication.track is not None:
+                self._on_track_subscribed(publication.track, publication, participant)
+        self.agent.start(self._room, participant)
+        if self._opts.greeting:
+            await self.agent.say(self._opts.greeting, allow_interruptions=True)
+
+    async def wait_done(self) -> str:
+        """Wait until the conversation ends; returns why (participant left, end_call)."""
+        await self._done.wait()
+        return self._end_reason
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._room.off("track_subscribed", self._on_track_subscribed)
+        self._room.off("track_unsubscribed", self._on_track_unsubscribed)
+        self._room.off("participant_disconnected", self._on_participant_disconnected)
+        self._room.off("participant_connected", self._on_participant_connected)
+        if self._rejoin_task is not None:
+            await utils.aio.gracefully_cancel(self._rejoin_task)
+        await asyncio.gather(*self._owned, return_exceptions=True)
+        await close_pipeline_agent(self.agent)
+        await self._video.aclose()
+        await self._llm.aclose()
+        self._finish("closed")
+
+    # --- pipeline hooks ----------------------------------------------------------------------
+
+    def _before_llm(self, agent: VoicePipelineAgent, chat_ctx: llm.ChatContext) -> llm.LLMStream:
+        """Runs when a reply is requested: attach this turn's media to the user message."""
+        last = chat_ctx.messages[-1] if chat_ctx.messages else None
+        if last is not None and last.role == "user" and isinstance(last.content, str):
+            media: list[llm.ChatImage | llm.ChatAudio] = [*self._video.images()]
+            audio = self._audio.take()
+            if audio is not None:
+                media.append(audio)
+            if media:
+                self._pending_media = (last.content, media)
+                last.content = [last.content, *media]
+        return self._llm.chat(chat_ctx=chat_ctx, fnc_ctx=agent.fnc_ctx)
+
+    def _wire_agent(self) -> None:
+        agent = self.agent
+        agent.on("user_speech_committed", self._on_user_committed)
+        agent.on("agent_speech_committed", self._on_agent_committed)
+        agent.on("agent_speech_interrupted", self._on_agent_interrupted)
+        agent.on("agent_started_speaking", self._on_agent_started_speaking)
+        agent.on("agent_stopped_speaking", self._on_agent_stopped_speaking)
+        agent.on("metrics_collected", self._on_metrics)
+
+    def _on_vad_event(self, ev: vad.VADEvent) -> None:
+        self._audio.on_vad_event(ev)
+        if ev.type == vad.VADEventType.END_OF_SPEECH and self._observer is not None:
+            self._observer.on_user_stopped_speaking(time.perf_counter() - ev.silence_duration)
+        if ev.type != vad.VADEventType.END_OF_SPEECH and self._audio.in_utterance:
+            self._video.refresh()  # rate-limited: keeps a ready image while the user speaks
+
+    def _on_user_committed(self, msg: llm.ChatMessage) -> None:
+        if self._pending_media is not None and msg.content == self._pending_media[0]:
+            msg.content = [msg.content, *self._pending_media[1]]
+        self._pending_media = None
+        self._audio.reset()
+        self._trim()
+
+    def _on_agent_committed(self, msg: llm.ChatMessage) -> None:
+        self._reply_finished(msg, interrupted=False)
+
+    def _on_agent_interrupted(self, msg: llm.ChatMessage) -> None:
+        self._reply_finished(msg, interrupted=True)
+
+    def _reply_finished(self, msg: llm.ChatMessage, *, interrupted: bool) -> None:
+        stream = playing_llm_stream(self.agent)
+        tool_time = 0.0
+        if isinstance(stream, ToolRoundsStream):
+            tool_time = stream.tool_time
+            if stream.tool_messages and msg in self.chat_ctx.messages:
+                at = self.chat_ctx.messages.index(msg)
+                self.chat_ctx.messages[at:at] = stream.tool_messages
+        if self._observer is not None:
+            self._observer.on_reply_finished(interrupted=interrupted, tool_time=tool_time)
+        self._trim()
+
+    def _on_agent_started_speaking(self, *_: Any) -> None:
+        if self._observer is not None:
+            self._observer.on_first_audio(time.perf_counter())
+
+    def _on_agent_stopped_speaking(self, *_: Any) -> None:
+        if self._ending:
+            self._finish("end_call")
+
+    def _on_metrics(self, metrics: Any) -> None:
+        if self._observer is not None:
+            self._observer.on_metrics(metrics)
+
+    def _trim(self) -> None:
+        report = trim_chat_context(self.chat_ctx, self._opts.context)
+        if report.changed:
+            logger.debug("context trimmed", extra=report.as_dict())
+
+    # --- room events -------------------------------------------------------------------------
+
+    def _on_track_subscribed(
+        self,
+        track: rtc.Track,
+        publication: rtc.RemoteTrackPublication,
+        participant: rtc.RemoteParticipant,
+    ) -> None:
+        if participant.identity == self._identity and publication.source in VIDEO_SOURCES:
+            self._video.add_track(track, publication.source)
+
+    def _on_track_unsubscribed(
+        self,
+        track: rtc.Track,
+        publication: rtc.RemoteTrackPublication,
+        participant: rtc.RemoteParticipant,
+    ) -> None:
+        if participant.identity == self._identity:
+            self._own(asyncio.create_task(self._video.remove_track(track.sid)))
+
+    def _on_participant_disconnected(self, participant: rtc.RemoteParticipant) -> None:
+        if participant.identity != self._identity:
+            return
+        if self._opts.rejoin_timeout <= 0:
+            self._finish("participant_left")
+            return
+        logger.info("participant left; waiting for a rejoin", extra={"identity": self._identity})
+        self._rejoin_task = asyncio.create_task(self._wait_rejoin())
+
+    def _on_participant_connected(self, participant: rtc.RemoteParticipant) -> None:
+        if participant.identity == self._identity and self._rejoin_task is not None:
+            self._rejoin_task.cancel()
+            self._rejoin_task = None
+            closing = relink_participant(self.agent, participant.identity)
+            if closing is not None:
+                self._own(closing)
+
+    async def _wait_rejoin(self) -> None:
+        await asyncio.sleep(self._opts.rejoin_timeout)
+        self._finish("participant_left")
+
+    def _own(self, task: asyncio.Task[None]) -> None:
+        self._owned.add(task)
+        task.add_done_callback(self._owned.discard)
+
+    def _finish(self, reason: str) -> None:
+        if not self._done.is_set():
+            self._end_reason = reason
+            self._done.set()
+
+
+# --- the VoicePipelineAgent 0.12 internals we must reach (tested in test_pipeline_internals) ----
+
+
+def playing_llm_stream(agent: VoicePipelineAgent) -> llm.LLMStream | None:
+    """The LLM stream of the speech being committed (agent_speech_committed fires while it is
+    the playing speech). 0.12 offers no public way to tie a committed message to its stream."""
+    speech = agent._playing_speech
+    source = getattr(speech, "source", None) if speech is not None else None
+    return source if isinstance(source, llm.LLMStream) else None
+
+
+def relink_participant(agent: VoicePipelineAgent, identity: str) -> asyncio.Task[None] | None:
+    """Listen to a participant that rejoined (0.12's agent links one participant at start).
+
+    Returns the task closing the old input, for the caller to own."""
+    old = agent._human_input
+    agent._human_input = None
+    agent._link_participant(identity)
+    return asyncio.create_task(old.aclose()) if old is not None else None
+
+
+async def close_pipeline_agent(agent: VoicePipelineAgent) -> None:
+    """Close what a 0.12 VoicePipelineAgent started: its own aclose() is a no-op."""
+    room = getattr(agent, "_room", None)
+    if room is not None:
+        room.off("participant_connected", agent._on_participant_connected)
+    speeches = [agent._pending_agent_reply, agent._playing_speech, *agent._speech_q]
+    streams: list[llm.LLMStream] = []
+    for speech in speeches:
+        if speech is None:
+            continue
+        if speech.initialized and isinstance(speech.source, llm.LLMStream):
+            streams.append(speech.source)
+        speech.cancel(cancel_nested=True)
+    await agent._deferred_validation.aclose()
+    tasks = [
+        t
+        for t in (
+            getattr(agent, "_main_atask", None),
+            agent._agent_reply_task,
+            agent._update_state_task,
+        )
+        if t is not None
+    ]
+    await utils.aio.gracefully_cancel(*tasks)
+    if agent._human_input is not None:
+        await agent._human_input.aclose()
+        agent._human_input = None
+    if agent._agent_output is not None:
+        await agent._agent_output.aclose()
+        await agent._agent_output._agent_playout.aclose()
+    for stream in streams:
+        await stream.aclose()

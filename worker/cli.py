@@ -38,11 +38,14 @@ def _fail(problems: Sequence[str]) -> NoReturn:
     raise SystemExit(USAGE_ERROR)
 
 
-def _settings(needs: Sequence[Need]) -> Settings:
+def _settings(needs: Sequence[Need], problems: Sequence[str] = ()) -> Settings:
+    """Load the settings; exit with ``problems`` (usage errors) and the config's own, together."""
     try:
         settings = load_settings(needs=needs)
     except ConfigError as e:
-        _fail(e.problems)
+        _fail([*problems, *e.problems])
+    if problems:
+        _fail(problems)
     install_log_redaction(settings.secrets())
     return settings
 
@@ -87,9 +90,7 @@ def _dispatch(argv: list[str]) -> None:
             problems.append(f"--metadata: not valid JSON ({e.msg} at position {e.pos})")
     if not args.room.strip():
         problems.append("--room: must not be empty")
-    if problems:
-        _fail(problems)
-    settings = _settings((Need.LIVEKIT_SERVER, Need.AGENT_NAME))
+    settings = _settings((Need.LIVEKIT_SERVER, Need.AGENT_NAME), problems)
     try:
         dispatch_id = asyncio.run(create_dispatch(settings, args.room, args.metadata))
     except Exception as e:  # report the server's answer, masked like every log line
@@ -170,9 +171,7 @@ def _token(argv: list[str]) -> None:
     for flag, value in (("--room", args.room), ("--identity", args.identity)):
         if not value.strip():
             problems.append(f"{flag}: must not be empty")
-    if problems:
-        _fail(problems)
-    settings = _settings((Need.LIVEKIT_KEYS,))
+    settings = _settings((Need.LIVEKIT_KEYS,), problems)
     print(mint_token(settings, args.room, args.identity, ttl, args.name))
 
 

@@ -278,7 +278,7 @@ class _Parser:
                 missing("LIVEKIT_API_KEY", "the API key of your LiveKit server or project")
             if not s.livekit_api_secret:
                 missing("LIVEKIT_API_SECRET", "the API secret of your LiveKit server or project")
-        if Need.AGENT_NAME in needs and not s.agent_name:
+        if Need.AGENT_NAME in needs and self._get("AGENT_NAME") is None:  # malformed: said once
             missing("AGENT_NAME", "explicit dispatch needs the worker's agent name")
         if Need.CLOUD_PROVIDERS in needs:
             uses_deepgram = s.stt_provider == "deepgram" or s.tts_provider == "deepgram"

@@ -45,9 +45,32 @@ def install_log_redaction(secrets: Iterable[str]) -> None:
             record.msg, record.args = cleaned, None
             if exc_text:
                 record.exc_info, record.exc_text = None, redact(exc_text, _installed)
-        for key, value in list(record.__dict__.items()):
-            if isinstance(value, str) and key not in ("msg", "exc_text"):
-                record.__dict__[key] = redact(value, _installed)
+        return record
+
+    base_make_record = logging.Logger.makeRecord
+
+    def make_record(self: logging.Logger, *args: Any, **kwargs: Any) -> logging.LogRecord:
+        # `extra=` fields are set on the record after the factory ran: mask them here.
+        record = base_make_record(self, *args, **kwargs)
+        _mask_extra(record)
         return record
 
     logging.setLogRecordFactory(factory)
+    logging.Logger.makeRecord = make_record  # type: ignore[method-assign]
+
+
+_STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message"}
+
+
+def _mask_extra(record: logging.LogRecord) -> None:
+    """Mask secrets in ``extra=`` values; a non-string value holding one becomes masked text."""
+    for key, value in list(record.__dict__.items()):
+        if key in _STANDARD_ATTRS or value is None or isinstance(value, bool | int | float):
+            continue
+        try:
+            text = value if isinstance(value, str) else str(value)
+        except Exception:  # an object that cannot print itself cannot leak through str() either
+            continue
+        cleaned = redact(text, _installed)
+        if cleaned != text:
+            record.__dict__[key] = cleaned

@@ -2,10 +2,95 @@
 
 from __future__ import annotations
 
-from livekit.agents import vad as agents_vad
-from livekit.plugins import silero
+from dataclasses import dataclass
+
+import aiohttp
+from livekit.agents import llm, stt, tts, vad
+from livekit.plugins import deepgram
+
+from plugins.openai_llm import LLM, LLMOptions
+from plugins.silero_vad import VAD as SileroVAD
+
+from .config import Settings
+from .tts_segmenter import SegmentingTTS
+
+LOCAL_MAX_OUTPUT_TOKENS = 120
+"""Tiny local models ramble: keep their spoken answers short."""
 
 
-def load_vad() -> agents_vad.VAD:
-    """The Silero VAD (model shipped in the plugin wheel); loaded once per job process."""
-    return silero.VAD.load()
+def load_vad() -> vad.VAD:
+    """Silero VAD with its RNN state carried (model from the plugin wheel); once per process."""
+    return SileroVAD.load()
+
+
+@dataclass
+class Providers:
+    stt: stt.STT
+    tts: tts.TTS
+    llm: llm.LLM
+
+    async def aclose(self) -> None:
+        await self.llm.aclose()
+        await self.tts.aclose()
+        await self.stt.aclose()
+
+
+def build_stt(
+    settings: Settings, *, vad: vad.VAD, http_session: aiohttp.ClientSession | None
+) -> stt.STT:
+    if settings.stt_provider == "whisper":
+        from plugins.whisper_stt import STT as WhisperSTT
+
+        # Batch recognizer: segment by the (untapped) VAD, one recognition per utterance.
+        return stt.StreamAdapter(stt=WhisperSTT(), vad=vad)
+    return deepgram.STT(
+        api_key=settings.deepgram_api_key.reveal(),
+        base_url=settings.deepgram_stt_url,
+        http_session=http_session,
+    )
+
+
+def build_tts(settings: Settings, *, http_session: aiohttp.ClientSession | None) -> tts.TTS:
+    if settings.tts_provider == "piper":
+        from plugins.piper_tts import TTS as PiperTTS
+
+        return PiperTTS()  # already streams sentence by sentence
+    # Deepgram 0.7.4 flushes once per reply; segmenting starts speech at the first sentence.
+    return SegmentingTTS(
+        deepgram.TTS(
+            api_key=settings.deepgram_api_key.reveal(),
+            base_url=settings.deepgram_tts_url,
+            http_session=http_session,
+        )
+    )
+
+
+def build_llm(settings: Settings, *, base_url: str | None = None) -> llm.LLM:
+    """``base_url`` overrides OPENAI_BASE_URL (the offline `talk` starts its own server)."""
+    url = base_url or settings.openai_base_url or None
+    local = base_url is not None
+    return LLM(
+        LLMOptions(
+            model=settings.llm_model,
+            base_url=url,
+            api_key=settings.openai_api_key.reveal() or None,
+            audio_input=settings.llm_audio_input,
+            max_output_tokens=LOCAL_MAX_OUTPUT_TOKENS if local else None,
+            max_tokens_field="max_tokens" if local else "max_completion_tokens",
+        )
+    )
+
+
+def build_providers(
+    settings: Settings,
+    *,
+    vad: vad.VAD,
+    http_session: aiohttp.ClientSession | None = None,
+    llm_base_url: str | None = None,
+) -> Providers:
+    """``http_session`` is needed outside a job (inside one the framework provides it)."""
+    return Providers(
+        stt=build_stt(settings, vad=vad, http_session=http_session),
+        tts=build_tts(settings, http_session=http_session),
+        llm=build_llm(settings, base_url=llm_base_url),
+    )

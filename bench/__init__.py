@@ -1,0 +1,1 @@
+"""Benchmarks: each runs a measurement beside its baseline and writes JSON (docs/bench/)."""

@@ -21,15 +21,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from livekit import rtc
 from livekit.agents import llm, stt, tts, utils, vad
 from livekit.agents.pipeline import AgentTranscriptionOptions, VoicePipelineAgent
+from livekit.agents.pipeline.pipeline_agent import SpeechDataContextVar
+from livekit.agents.pipeline.speech_handle import SpeechHandle
 
 from .audio_capture import TappedVAD, UtteranceAudio, UtteranceAudioOptions
+from .builtin_tools import BuiltinTools
 from .context import ContextLimits, trim_chat_context
+from .tool_loading import merge_tools
 from .tool_runner import ToolRoundsStream, ToolRunnerOptions, ToolRunningLLM
 from .video_capture import VIDEO_SOURCES, ImageOptions, VideoCapture
 
@@ -52,12 +57,26 @@ class ConversationOptions:
 
 
 class ConversationObserver(Protocol):
-    """What the conversation reports (the metrics publisher implements it)."""
+    """What the conversation reports (the session's metrics implement it).
+
+    Times are ``time.perf_counter()``; ``sequence_id`` is the pipeline's id of a reply.
+    """
 
     def on_metrics(self, metrics: Any) -> None: ...
     def on_user_stopped_speaking(self, at: float) -> None: ...
+    def on_first_text(self, sequence_id: str, at: float) -> None: ...
     def on_first_audio(self, at: float) -> None: ...
-    def on_reply_finished(self, *, interrupted: bool, tool_time: float) -> None: ...
+    def on_reply_finished(self, reply: FinishedReply) -> None: ...
+
+
+@dataclass(frozen=True)
+class FinishedReply:
+    sequence_id: str | None
+    interrupted: bool
+    tool_time: float
+    tool_rounds: int
+    user_text: str | None
+    agent_text: str
 
 
 class Conversation:
@@ -70,7 +89,7 @@ class Conversation:
         stt: stt.STT,
         llm_: llm.LLM,
         tts: tts.TTS,
-        tools: llm.FunctionContext | None,
+        user_tools: llm.FunctionContext | None,
         options: ConversationOptions,
         observer: ConversationObserver | None = None,
     ) -> None:
@@ -88,6 +107,7 @@ class Conversation:
         self._rejoin_task: asyncio.Task[None] | None = None
         self._closed = False
         self._owned: set[asyncio.Task[None]] = set()
+        self._last_user_text: str | None = None
         self.chat_ctx = llm.ChatContext().append(role="system", text=options.instructions)
         self.agent = VoicePipelineAgent(
             vad=TappedVAD(vad, on_frame=self._audio.push, on_event=self._on_vad_event),
@@ -95,12 +115,16 @@ class Conversation:
             llm=self._llm,
             tts=tts,
             chat_ctx=self.chat_ctx,
-            fnc_ctx=tools,
+            fnc_ctx=merge_tools(
+                BuiltinTools(look=self._video.fresh_images, end_call=self.end_after_reply),
+                *([user_tools] if user_tools is not None else []),
+            ),
             allow_interruptions=options.allow_interruptions,
             min_endpointing_delay=options.min_endpointing_delay,
             preemptive_synthesis=True,
             transcription=AgentTranscriptionOptions(),
             before_llm_cb=self._before_llm,
+            before_tts_cb=self._before_tts,
         )
         self._wire_agent()
 
@@ -109,6 +133,12 @@ class Conversation:
     @property
     def video(self) -> VideoCapture:
         return self._video
+
+    def interrupt(self) -> None:
+        self.agent.interrupt()
+
+    async def say(self, text: str) -> None:
+        await self.agent.say(text, allow_interruptions=True)
 
     def end_after_reply(self) -> None:
         """End the conversation once the current reply finished playing (the end_call tool)."""
@@ -165,9 +195,25 @@ class Conversation:
                 last.content = [last.content, *media]
         return self._llm.chat(chat_ctx=chat_ctx, fnc_ctx=agent.fnc_ctx)
 
+    def _before_tts(
+        self, agent: VoicePipelineAgent, source: str | AsyncIterable[str]
+    ) -> str | AsyncIterable[str]:
+        """Runs when a reply's text starts towards TTS: stamp its first text for the metrics."""
+        sequence_id = current_sequence_id()
+        observer = self._observer
+        if observer is None or sequence_id is None:
+            return source
+        if isinstance(source, str):
+            observer.on_first_text(sequence_id, time.perf_counter())
+            return source
+        return _stamp_first(
+            source, lambda: observer.on_first_text(sequence_id, time.perf_counter())
+        )
+
     def _wire_agent(self) -> None:
         agent = self.agent
         agent.on("user_speech_committed", self._on_user_committed)
+        agent.on("user_started_speaking", self._on_user_started_speaking)
         agent.on("agent_speech_committed", self._on_agent_committed)
         agent.on("agent_speech_interrupted", self._on_agent_interrupted)
         agent.on("agent_started_speaking", self._on_agent_started_speaking)
@@ -181,7 +227,11 @@ class Conversation:
         if ev.type != vad.VADEventType.END_OF_SPEECH and self._audio.in_utterance:
             self._video.refresh()  # rate-limited: keeps a ready image while the user speaks
 
+    def _on_user_started_speaking(self, *_: Any) -> None:
+        self._video.refresh()
+
     def _on_user_committed(self, msg: llm.ChatMessage) -> None:
+        self._last_user_text = msg.content if isinstance(msg.content, str) else None
         if self._pending_media is not None and msg.content == self._pending_media[0]:
             msg.content = [msg.content, *self._pending_media[1]]
         self._pending_media = None
@@ -195,15 +245,25 @@ class Conversation:
         self._reply_finished(msg, interrupted=True)
 
     def _reply_finished(self, msg: llm.ChatMessage, *, interrupted: bool) -> None:
-        stream = playing_llm_stream(self.agent)
-        tool_time = 0.0
+        speech = playing_speech(self.agent)
+        stream = speech.source if speech is not None and speech.initialized else None
+        tool_time, tool_rounds = 0.0, 0
         if isinstance(stream, ToolRoundsStream):
-            tool_time = stream.tool_time
+            tool_time, tool_rounds = stream.tool_time, stream.rounds
             if stream.tool_messages and msg in self.chat_ctx.messages:
                 at = self.chat_ctx.messages.index(msg)
                 self.chat_ctx.messages[at:at] = stream.tool_messages
         if self._observer is not None:
-            self._observer.on_reply_finished(interrupted=interrupted, tool_time=tool_time)
+            self._observer.on_reply_finished(
+                FinishedReply(
+                    sequence_id=speech.id if speech is not None else None,
+                    interrupted=interrupted,
+                    tool_time=tool_time,
+                    tool_rounds=tool_rounds,
+                    user_text=self._last_user_text,
+                    agent_text=msg.content if isinstance(msg.content, str) else "",
+                )
+            )
         self._trim()
 
     def _on_agent_started_speaking(self, *_: Any) -> None:
@@ -277,12 +337,16 @@ class Conversation:
 # --- the VoicePipelineAgent 0.12 internals we must reach (tested in test_pipeline_internals) ----
 
 
-def playing_llm_stream(agent: VoicePipelineAgent) -> llm.LLMStream | None:
-    """The LLM stream of the speech being committed (agent_speech_committed fires while it is
-    the playing speech). 0.12 offers no public way to tie a committed message to its stream."""
-    speech = agent._playing_speech
-    source = getattr(speech, "source", None) if speech is not None else None
-    return source if isinstance(source, llm.LLMStream) else None
+def playing_speech(agent: VoicePipelineAgent) -> SpeechHandle | None:
+    """The speech being committed: agent_speech_committed/interrupted fire while it is the
+    playing speech. 0.12 offers no public way to tie a committed message to its reply."""
+    return agent._playing_speech
+
+
+def current_sequence_id() -> str | None:
+    """The reply id the pipeline sets around before_llm_cb/before_tts_cb (a context var)."""
+    data = SpeechDataContextVar.get(None)
+    return data.sequence_id if data is not None else None
 
 
 def relink_participant(agent: VoicePipelineAgent, identity: str) -> asyncio.Task[None] | None:
@@ -327,3 +391,12 @@ async def close_pipeline_agent(agent: VoicePipelineAgent) -> None:
         await agent._agent_output._agent_playout.aclose()
     for stream in streams:
         await stream.aclose()
+
+
+async def _stamp_first(source: AsyncIterable[str], stamp: Callable[[], None]) -> AsyncIterator[str]:
+    first = True
+    async for text in source:
+        if first and text:
+            stamp()
+            first = False
+        yield text

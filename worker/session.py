@@ -40,4 +40,5 @@ async def run_session(ctx: JobContext, settings: Settings, *, vad: agents_vad.VA
     await parts.start()
     reason = await parts.conversation.wait_done()
     logger.info("conversation ended", extra={"reason": reason})
+    await parts.aclose()  # while the room is connected, so the session metrics reach it
     ctx.shutdown(reason)

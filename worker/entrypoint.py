@@ -12,7 +12,7 @@ from livekit.agents import JobContext, JobProcess, WorkerOptions
 
 from .admission import AdmissionOptions, JobLimiter
 from .config import Need, Settings, load_settings
-from .providers import load_vad
+from .providers import load_vad, prewarm_providers
 from .redaction import install_log_redaction
 from .session import run_session
 
@@ -27,6 +27,7 @@ def prewarm(proc: JobProcess) -> None:
     install_log_redaction(settings.secrets())
     proc.userdata["settings"] = settings
     proc.userdata["vad"] = load_vad()
+    prewarm_providers(settings)
 
 
 async def entrypoint(ctx: JobContext) -> None:

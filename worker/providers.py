@@ -23,6 +23,18 @@ def load_vad() -> vad.VAD:
     return SileroVAD.load()
 
 
+def prewarm_providers(settings: Settings) -> None:
+    """Load the local models a session will use, once per job process (blocking)."""
+    if settings.stt_provider == "whisper":
+        from plugins.whisper_stt import STT as WhisperSTT
+
+        WhisperSTT().prewarm()
+    if settings.tts_provider == "piper":
+        from plugins.piper_tts import TTS as PiperTTS
+
+        PiperTTS().prewarm()
+
+
 @dataclass
 class Providers:
     stt: stt.STT

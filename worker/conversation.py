@@ -155,7 +155,7 @@ class Conversation:
         for publication in participant.track_publications.values():
             if publication.track is not None:
                 self._on_track_subscribed(publication.track, publication, participant)
-        self.agent.start(self._room, participant)
+        self.agent.start(self._room, participant.identity)
         if self._opts.greeting:
             await self.agent.say(self._opts.greeting, allow_interruptions=True)
 

@@ -273,6 +273,29 @@ async def test_start_with_bad_configuration_lists_every_problem(tmp_path: Path) 
     )
 
 
+@pytest.mark.parametrize(
+    ("tools", "expected"),
+    [
+        ("no_such_pkg.tools:Tools", "cannot import no_such_pkg.tools"),
+        ("json:JSONDecoder", "not a FunctionContext"),
+    ],
+)
+async def test_start_rejects_agent_tools_it_cannot_load(
+    tools: str, expected: str, tmp_path: Path
+) -> None:
+    env = {
+        "LIVEKIT_URL": "ws://127.0.0.1:9",
+        "LIVEKIT_API_KEY": "k",
+        "LIVEKIT_API_SECRET": "s" * 32,
+        "DEEPGRAM_API_KEY": "dg",
+        "OPENAI_API_KEY": "sk",
+        "AGENT_TOOLS": tools,
+    }
+    result = await run_cli(["start"], env, tmp_path)
+    assert_usage_error(result, "AGENT_TOOLS")
+    assert expected in result.err
+
+
 async def test_settings_come_from_a_dotenv_file_in_the_working_directory(
     server: LoopbackLiveKitServer, tmp_path: Path
 ) -> None:

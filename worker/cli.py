@@ -68,6 +68,13 @@ def _run_framework(command: str, argv: list[str]) -> None:
 
     needs = () if command == "download-files" or "--help" in argv else WORKER_NEEDS
     settings = _settings(needs)
+    if settings.tools and needs:
+        from .tool_loading import ToolLoadError, load_user_tools
+
+        try:  # fail at start-up, not in the first job
+            load_user_tools(settings.tools)
+        except ToolLoadError as e:
+            _fail([str(e)])
     sys.argv = [sys.argv[0], command, *argv]
     cli.run_app(worker_options(settings))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Annotated
@@ -34,8 +35,10 @@ class BuiltinTools(llm.FunctionContext):
     ) -> str:
         """Get the current date and time in a time zone."""
         try:
-            zone = ZoneInfo(timezone)
-        except (ZoneInfoNotFoundError, ValueError):
+            # reads the zone file the first time: off the event loop
+            zone = await asyncio.to_thread(ZoneInfo, timezone)
+        except (ZoneInfoNotFoundError, ValueError, OSError):
+            # OSError: a directory ("Europe") or a name too long for the file system
             return f"unknown time zone {timezone[:64]!r}; use an IANA name like Europe/Paris"
         now = datetime.now(zone)
         return now.strftime(f"%A %d %B %Y, %H:%M ({timezone})")

@@ -13,7 +13,9 @@ class ToolLoadError(Exception):
 
 def load_user_tools(spec: str) -> llm.FunctionContext:
     """Import ``package.module:ClassName``, a FunctionContext subclass, and instantiate it."""
-    module_name, _, class_name = spec.partition(":")
+    module_name, _, class_name = spec.strip().partition(":")
+    if not module_name or not class_name.isidentifier():
+        raise ToolLoadError(f"AGENT_TOOLS: expected package.module:ClassName, got {spec!r}")
     try:
         module = importlib.import_module(module_name)
     except Exception as e:
@@ -21,7 +23,10 @@ def load_user_tools(spec: str) -> llm.FunctionContext:
     cls = getattr(module, class_name, None)
     if not (isinstance(cls, type) and issubclass(cls, llm.FunctionContext)):
         raise ToolLoadError(f"AGENT_TOOLS: {spec} is not a FunctionContext subclass")
-    return cls()
+    try:
+        return cls()
+    except Exception as e:  # a bad tool signature raises ValueError here, among others
+        raise ToolLoadError(f"AGENT_TOOLS: cannot create {spec}: {e}") from e
 
 
 def merge_tools(*contexts: llm.FunctionContext) -> llm.FunctionContext:

@@ -20,6 +20,7 @@ import asyncio
 import json
 import logging
 import time
+import weakref
 from collections.abc import AsyncIterable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
@@ -36,9 +37,11 @@ F = TypeVar("F", bound=Callable[..., Any])
 @dataclass(frozen=True)
 class ToolOptions:
     timeout: float | None = None
-    """Seconds before the call is abandoned with an error result (None: the runner's default)."""
+    """Seconds from the call's start before the model gets an error result instead (None: the
+    runner's default). The call is then cancelled, unless it is ``run_to_end``."""
     run_to_end: bool = False
-    """Keep running after a barge-in (e.g. a booking that must not be half done)."""
+    """Never cancelled, neither by a barge-in nor by its timeout (e.g. a booking that must not
+    be half done): it finishes in the background and ``ToolRunningLLM.aclose()`` awaits it."""
 
 
 def tool_options(*, timeout: float | None = None, run_to_end: bool = False) -> Callable[[F], F]:
@@ -72,8 +75,12 @@ class ToolRunnerOptions:
 class _RunningCall:
     info: llm.FunctionCallInfo
     task: asyncio.Task[Any]
+    """The tool itself."""
     options: ToolOptions
     started: float
+    outcome: asyncio.Task[tuple[Any, Exception | None]] | None = None
+    """Waits for the tool with its timeout (counted from the start) and says what the model
+    gets: the value, or an error."""
 
 
 def _options_of(info: llm.FunctionCallInfo) -> ToolOptions:
@@ -98,6 +105,7 @@ class ToolRunningLLM(llm.LLM):
         self._inner = inner
         self._opts = options or ToolRunnerOptions()
         self._background: set[asyncio.Task[Any]] = set()
+        self._streams: weakref.WeakSet[ToolRoundsStream] = weakref.WeakSet()
         inner.on("metrics_collected", self._forward_metrics)
 
     @property
@@ -112,7 +120,8 @@ class ToolRunningLLM(llm.LLM):
         self.emit("metrics_collected", metrics)
 
     def keep_running(self, task: asyncio.Task[Any]) -> None:
-        """Own a run-to-end tool that outlived its stream until it finishes or we close."""
+        """Own a tool task that outlived its round (a run-to-end tool after a barge-in or its
+        timeout, a cancelled tool not finished yet) until it finishes; ``aclose()`` awaits it."""
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
@@ -127,7 +136,7 @@ class ToolRunningLLM(llm.LLM):
         parallel_tool_calls: bool | None = None,
         tool_choice: llm.ToolChoice | Literal["auto", "required", "none"] | None = None,
     ) -> ToolRoundsStream:
-        return ToolRoundsStream(
+        stream = ToolRoundsStream(
             self,
             chat_ctx=chat_ctx,
             fnc_ctx=fnc_ctx,
@@ -139,8 +148,14 @@ class ToolRunningLLM(llm.LLM):
                 tool_choice=tool_choice,
             ),
         )
+        self._streams.add(stream)
+        return stream
 
     async def aclose(self) -> None:
+        """Closes the streams still open (cancelling their tools), waits for the tools that
+        run to the end, then closes the inner LLM."""
+        for stream in list(self._streams):
+            await stream.aclose()
         await asyncio.gather(*self._background, return_exceptions=True)
         self._inner.off("metrics_collected", self._forward_metrics)
         await self._inner.aclose()
@@ -167,6 +182,7 @@ class ToolRoundsStream(llm.LLMStream):
         self._inner_conn_options = conn_options
         self._request = request
         self._running: list[_RunningCall] = []
+        self._last_char = ""  # of the text sent so far, to join the rounds' texts
         self.tool_messages: list[llm.ChatMessage] = []
         """Assistant tool-call messages and tool results of this reply, in order."""
         self.tool_time = 0.0
@@ -182,22 +198,27 @@ class ToolRoundsStream(llm.LLMStream):
     async def _run(self) -> None:
         opts = self._runner.options
         chat_ctx = self._chat_ctx
-        for round_index in range(opts.max_rounds + 1):
-            use_tools = self._fnc_ctx is not None and round_index < opts.max_rounds
-            calls, text = await self._stream_round(chat_ctx, use_tools)
-            if not calls:
-                return
-            self.rounds += 1
-            started = time.perf_counter()
-            messages, images = await self._finish_round(calls, text)
-            self.tool_time += time.perf_counter() - started
-            self.tool_messages.extend(messages)
-            chat_ctx = chat_ctx.copy()
-            chat_ctx.messages.extend(messages)
-            if images:
-                chat_ctx.messages.append(
-                    llm.ChatMessage(role="user", content=["(what the tools showed)", *images])
-                )
+        try:
+            for round_index in range(opts.max_rounds + 1):
+                use_tools = self._fnc_ctx is not None and round_index < opts.max_rounds
+                calls, text = await self._stream_round(chat_ctx, use_tools)
+                if not calls:
+                    return
+                self.rounds += 1
+                started = time.perf_counter()
+                messages, images = await self._finish_round(calls, text)
+                self.tool_time += time.perf_counter() - started
+                self.tool_messages.extend(messages)
+                chat_ctx = chat_ctx.copy()
+                chat_ctx.messages.extend(messages)
+                if images:
+                    chat_ctx.messages.append(
+                        llm.ChatMessage(role="user", content=["(what the tools showed)", *images])
+                    )
+        finally:
+            # Cancelled (barge-in) or failed (the inner stream raised): no tool outlives the
+            # round it belongs to, except the run-to-end ones, which the runner now owns.
+            await self._stop_tools()
 
     async def _stream_round(
         self, chat_ctx: llm.ChatContext, use_tools: bool
@@ -213,23 +234,39 @@ class ToolRoundsStream(llm.LLMStream):
         async with stream:
             async for chunk in stream:
                 delta_calls = [c for ch in chunk.choices for c in ch.delta.tool_calls or []]
+                if delta_calls and not use_tools:
+                    # The request offered no tools (the last round): a model that calls one
+                    # anyway gets its text streamed, and the calls are not run.
+                    logger.warning(
+                        "tool calls in a request without tools; ignored",
+                        extra={"tools": [c.function_info.name for c in delta_calls]},
+                    )
+                    delta_calls = []
                 for info in delta_calls:
                     calls.append(self._start(info))
                 content = "".join(ch.delta.content or "" for ch in chunk.choices)
-                if content or chunk.usage is not None:
+                if content:
                     text.append(content)
-                    self._event_ch.send_nowait(
-                        llm.ChatChunk(
-                            request_id=chunk.request_id,
-                            choices=[
-                                llm.Choice(delta=llm.ChoiceDelta(role="assistant", content=content))
-                            ]
-                            if content
-                            else [],
-                            usage=chunk.usage,
-                        )
-                    )
+                if content or chunk.usage is not None:
+                    self._send_text(chunk, content, first_of_round=len(text) == 1 and bool(content))
         return calls, "".join(text)
+
+    def _send_text(self, chunk: llm.ChatChunk, content: str, *, first_of_round: bool) -> None:
+        joined = first_of_round and self._last_char and not self._last_char.isspace()
+        if joined and not content[0].isspace():
+            # "Let me check." + "It is 21 degrees." must not reach the TTS as "check.It".
+            content = " " + content
+        if content:
+            self._last_char = content[-1]
+        self._event_ch.send_nowait(
+            llm.ChatChunk(
+                request_id=chunk.request_id,
+                choices=[llm.Choice(delta=llm.ChoiceDelta(role="assistant", content=content))]
+                if content
+                else [],
+                usage=chunk.usage,
+            )
+        )
 
     def _start(self, info: llm.FunctionCallInfo) -> _RunningCall:
         logger.debug(
@@ -241,13 +278,16 @@ class ToolRoundsStream(llm.LLMStream):
             options=_options_of(info),
             started=time.perf_counter(),
         )
+        running.outcome = asyncio.create_task(
+            self._outcome(running), name=f"tool_outcome:{info.function_info.name}"
+        )
         self._running.append(running)
         return running
 
     async def _finish_round(
         self, calls: list[_RunningCall], text: str
     ) -> tuple[list[llm.ChatMessage], list[llm.ChatImage]]:
-        results = await asyncio.gather(*(self._outcome(c) for c in calls))
+        results = await asyncio.gather(*(c.outcome for c in calls if c.outcome is not None))
         self._running = [c for c in self._running if c not in calls]
         limit = self._runner.options.max_result_chars
         messages = [
@@ -271,24 +311,47 @@ class ToolRoundsStream(llm.LLMStream):
         return messages, images
 
     async def _outcome(self, call: _RunningCall) -> tuple[Any, Exception | None]:
+        """The call's value, or the error the model gets instead. Runs from the call's start, so
+        a tool is stopped at its timeout even while the model is still streaming."""
         timeout = call.options.timeout or self._runner.options.default_timeout
         name = call.info.function_info.name
         try:
             return await asyncio.wait_for(asyncio.shield(call.task), timeout), None
         except TimeoutError:
-            call.task.cancel()
+            if not call.options.run_to_end:
+                call.task.cancel()
+            # Owned until it finishes (cancellation may take a while, run-to-end tools go on).
+            self._runner.keep_running(call.task)
             logger.warning("tool timed out", extra={"tool": name, "timeout": timeout})
             return None, TimeoutError(f"error: {name} did not answer within {timeout:g} s")
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if not call.task.cancelled() or (current is not None and current.cancelling()):
+                raise  # the round is being cancelled, not the tool
+            logger.warning("tool cancelled itself", extra={"tool": name})
+            return None, RuntimeError(f"error: {name} was cancelled")
         except Exception as e:
             logger.warning("tool failed", extra={"tool": name, "error": repr(e)})
             return None, RuntimeError(f"error: {name} failed: {e}")
 
-    async def aclose(self) -> None:
+    async def _stop_tools(self) -> None:
         running, self._running = self._running, []
+        stopped: list[asyncio.Task[Any]] = []
         for call in running:
-            if call.options.run_to_end and not call.task.done():
+            if call.outcome is not None and not call.outcome.done():
+                stopped.append(call.outcome)  # shields the tool: cancelling it stops no tool
+            if call.task.done():
+                continue
+            if call.options.run_to_end:
                 self._runner.keep_running(call.task)
             else:
-                call.task.cancel()
+                stopped.append(call.task)
+        if stopped:
+            logger.debug("cancelling tools", extra={"tools": len(stopped)})
+            await utils.aio.gracefully_cancel(*stopped)
+
+    async def aclose(self) -> None:
+        # Cancelling the main task stops the tools (see _run); a stream closed before its
+        # task ever ran stops them here.
         await super().aclose()
-        await utils.aio.gracefully_cancel(*(c.task for c in running if not c.options.run_to_end))
+        await self._stop_tools()

@@ -16,12 +16,12 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 import pytest
-from livekit.agents import APIConnectionError, APIConnectOptions
+from livekit.agents import APIConnectOptions, llm
 from livekit.agents.llm import ChatContext, FunctionContext, TypeInfo, ai_callable
 from livekit.agents.metrics import LLMMetrics
 
 from plugins.openai_llm import LLM, LLMOptions
-from tests.loopback.openai_server import OpenAIServer, Reply, ToolCall, scripted
+from tests.loopback.openai_server import Fault, OpenAIServer, Reply, ToolCall, scripted
 from worker.tool_runner import (
     ToolRoundsStream,
     ToolRunnerOptions,
@@ -503,9 +503,10 @@ async def test_a_stream_failing_mid_round_cancels_the_tools_it_started() -> None
         runner = make_runner(server)
         tools = Tools(sleep=1.0)
         stream = start_chat(runner, tools)
-        with pytest.raises(APIConnectionError):
-            async for _ in stream:  # no `async with`: the stream is not closed by the consumer
-                pass
+        # no `async with`: the stream is not closed by the consumer
+        said = [c.choices[0].delta.content async for c in stream if c.choices]
+        assert stream.error == "APIConnectionError"
+        assert said == [runner.options.apology]  # nothing was said yet: apologise
         assert tools.stamps["a"].cancelled  # stopped with its failed round, not left running
         assert "b" not in tools.stamps
         await stream.aclose()
@@ -542,3 +543,36 @@ async def test_one_llm_metrics_per_round_is_forwarded_and_none_merged(
     assert all(m.prompt_tokens > 0 and m.completion_tokens > 0 for m in outer_metrics)
     # the second round's prompt carries the tool messages: larger than the first's
     assert outer_metrics[1].prompt_tokens > outer_metrics[0].prompt_tokens
+
+
+# --- the LLM failing for good ------------------------------------------------------------------
+
+
+async def test_llm_failing_before_any_text_speaks_the_apology() -> None:
+    async with OpenAIServer(lambda body: Fault(status=400, message="bad request")) as server:
+        inner = LLM(LLMOptions(base_url=server.base_url, api_key="sk-test"))
+        runner = ToolRunningLLM(inner, ToolRunnerOptions(apology="Sorry, say again?"))
+        ctx = llm.ChatContext().append(role="user", text="hi")
+        stream = runner.chat(chat_ctx=ctx)
+        text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+        await stream.aclose()
+        await runner.aclose()
+    assert text == "Sorry, say again?"
+    assert stream.error == "APIStatusError"
+
+
+async def test_llm_failing_after_some_text_does_not_repeat_or_apologise() -> None:
+    reply = Reply(text="The answer is forty two and more words follow.", drop_after=3)
+    async with OpenAIServer(lambda body: reply) as server:
+        inner = LLM(LLMOptions(base_url=server.base_url, api_key="sk-test"))
+        runner = ToolRunningLLM(inner, ToolRunnerOptions(apology="Sorry, say again?"))
+        ctx = llm.ChatContext().append(role="user", text="hi")
+        stream = runner.chat(chat_ctx=ctx)
+        text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+        await stream.aclose()
+        await runner.aclose()
+    assert text
+    assert "The answer is forty two".startswith(text.strip()[:10])
+    assert "Sorry" not in text
+    assert len(server.requests) == 1  # not retried once words were out
+    assert stream.error is not None

@@ -25,7 +25,7 @@ from collections.abc import AsyncIterable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
-from livekit.agents import llm, utils
+from livekit.agents import APIError, llm, utils
 from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, APIConnectOptions
 
 logger = logging.getLogger("worker.tool_runner")
@@ -69,6 +69,8 @@ class ToolRunnerOptions:
     """Tool rounds per reply; the last request is sent without tools so the model answers."""
     max_result_chars: int = 4000
     """Longer tool results are cut before they go back to the model."""
+    apology: str = "Sorry, I couldn't come up with an answer just now. Could you say that again?"
+    """Spoken when the LLM fails for good before saying anything (empty: say nothing)."""
 
 
 @dataclass
@@ -188,6 +190,8 @@ class ToolRoundsStream(llm.LLMStream):
         self.tool_time = 0.0
         """Seconds spent waiting for tools (sum over rounds, each round as long as its slowest)."""
         self.rounds = 0
+        self.error: str | None = None
+        """Why the LLM failed for good (the apology was spoken instead), or None."""
 
     async def _metrics_monitor_task(self, event_aiter: AsyncIterable[llm.ChatChunk]) -> None:
         # Each round's inner stream reports its own LLMMetrics (forwarded by the runner), so
@@ -196,6 +200,24 @@ class ToolRoundsStream(llm.LLMStream):
             pass
 
     async def _run(self) -> None:
+        try:
+            await self._rounds()
+        except APIError as e:
+            # The inner stream already retried what was retryable. Before any word was
+            # spoken, apologise so the user isn't left in silence; after, stop where we are
+            # (repeating the start of the answer would be worse).
+            self.error = type(e).__name__
+            spoken = bool(self._last_char)
+            logger.warning(
+                "LLM failed; %s",
+                "reply cut short" if spoken else "apologising",
+                extra={"error": str(e), "rounds": self.rounds},
+            )
+            apology = self._runner.options.apology
+            if not spoken and apology:
+                self._send_text(llm.ChatChunk(request_id="apology"), apology, first_of_round=False)
+
+    async def _rounds(self) -> None:
         opts = self._runner.options
         chat_ctx = self._chat_ctx
         try:

@@ -209,6 +209,14 @@ async def test_image_sizes_urls_and_default_detail(server, make_llm):
     }
 
 
+async def test_images_are_left_out_for_models_without_vision(server, make_llm):
+    llm = make_llm(image_input=False)
+    frame = ChatImage(image=gradient_frame(640, 480))
+    await collect(llm.chat(chat_ctx=user("What do you see?", frame)))
+    assert server.requests[0].body["messages"][0]["content"] == "What do you see?"
+    assert frame._cache == {}  # not even encoded
+
+
 def stereo_48k_frames(samples_16k: np.ndarray) -> list[rtc.AudioFrame]:
     mono = np.repeat(samples_16k, 3)  # crude 16 -> 48 kHz
     stereo = np.stack([mono, mono], axis=1).astype(np.int16)

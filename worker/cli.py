@@ -14,6 +14,7 @@ import re
 import sys
 from collections.abc import Callable, Sequence
 from datetime import timedelta
+from pathlib import Path
 from typing import NoReturn
 
 from .config import ConfigError, Need, Settings, load_settings
@@ -28,6 +29,8 @@ FRAMEWORK_COMMANDS = {
 OWN_COMMANDS = {
     "dispatch": "dispatch this agent (AGENT_NAME) into a room through the server API",
     "token": "print a join token for a person (room join only) to talk to the agent",
+    "talk": "talk to the agent from a WAV file, in-process (no server; offline without keys)",
+    "web": "serve the browser client and a development token endpoint",
 }
 USAGE_ERROR = 2
 
@@ -182,13 +185,116 @@ def _token(argv: list[str]) -> None:
     print(mint_token(settings, args.room, args.identity, ttl, args.name))
 
 
+# --- talk -----------------------------------------------------------------------------------
+
+TALK_EPILOG = """\
+The agent runs the same conversation code as in a room job, in an in-process room: INPUT.wav
+(8/16/24/32-bit PCM or float, any rate, mono or stereo) is the participant's microphone, played
+in real time; --image is their camera. Prints the transcript and one latency line per turn.
+
+Providers, decided one by one (cloud where keys are set, local otherwise):
+  STT/TTS  no DEEPGRAM_API_KEY: Whisper tiny.en / Piper (STT_PROVIDER=whisper,
+           TTS_PROVIDER=piper); setting either to deepgram without the key is an error.
+           With the key: STT_PROVIDER / TTS_PROVIDER as configured (default deepgram).
+  LLM      no OPENAI_API_KEY and no OPENAI_BASE_URL: a local llama.cpp server with
+           SmolLM2-135M, started for this run (LLM_MODEL is set to its name). Otherwise
+           OPENAI_BASE_URL (any OpenAI-compatible server) or OpenAI, model LLM_MODEL.
+           The local model cannot see images: with it, --image is left off (with a note).
+
+--fast skips the 0.5 s lead-in silence and trims silence at the start and end of INPUT
+(pauses inside the speech stay, so turns end where they would). After the input, the agent
+is given time to finish answering (at most --reply-timeout seconds).
+Exit status: 0 done, 1 the agent did not answer, 2 bad arguments or configuration."""
+
+
+def _talk(argv: list[str]) -> None:
+    from . import talk
+    from .local_llm import LocalLLMError
+    from .tool_loading import ToolLoadError
+
+    parser = argparse.ArgumentParser(
+        prog="python -m worker talk",
+        description=OWN_COMMANDS["talk"],
+        epilog=TALK_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("input", metavar="INPUT.wav", type=Path, help="what the participant says")
+    parser.add_argument("--image", metavar="PATH", type=Path, help="the camera (PNG or JPEG)")
+    parser.add_argument(
+        "--out", metavar="reply.wav", type=Path, default=Path("reply.wav"),
+        help="the agent's audio (default: reply.wav)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--metrics", metavar="FILE.jsonl", type=Path,
+        help='every metrics data message, one {"topic", "payload"} per line',
+    )  # fmt: skip
+    parser.add_argument(
+        "--transcript", metavar="FILE.txt", type=Path, help="the conversation as text"
+    )
+    parser.add_argument("--fast", action="store_true", help="skip silence padding (see below)")
+    parser.add_argument(
+        "--reply-timeout", metavar="SECONDS", type=float, default=60.0,
+        help="longest wait for the agent's answer after the input ends (default 60)",
+    )  # fmt: skip
+    args = parser.parse_args(argv)
+    options = talk.TalkOptions(
+        input=args.input,
+        image=args.image,
+        out=args.out,
+        metrics=args.metrics,
+        transcript=args.transcript,
+        fast=args.fast,
+        reply_timeout=args.reply_timeout,
+    )
+    problems: list[str] = []
+    if not 0 < args.reply_timeout <= 3600:
+        problems.append("--reply-timeout: must be more than 0 and at most 3600 seconds")
+    problems += talk.check_outputs(options)
+    inputs: talk.TalkInputs | None = None
+    try:
+        inputs = asyncio.run(talk.load_inputs(options))
+    except talk.TalkError as e:
+        problems += e.problems
+    try:
+        config = talk.talk_config()
+    except ConfigError as e:
+        _fail([*problems, *e.problems])
+    if problems or inputs is None:
+        _fail(problems)
+    install_log_redaction(config.settings.secrets())
+    print(f"providers: {talk.describe_providers(config)}", file=sys.stderr)
+    try:
+        result = asyncio.run(talk.run_talk(options, inputs, config))
+    except LocalLLMError as e:
+        _fail([f"local LLM: {e}"])
+    except ToolLoadError as e:
+        _fail([str(e)])
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+    except OSError as e:
+        print(f"error: talk failed: {redact(str(e), config.settings.secrets())}", file=sys.stderr)
+        raise SystemExit(1) from None
+    print(talk.report(result))
+    for line in talk.summary(options, result):
+        print(line, file=sys.stderr)
+    if result.reply_seconds == 0:
+        print("error: the agent did not answer (was there speech in INPUT?)", file=sys.stderr)
+        raise SystemExit(1)
+
+
+def _web(argv: list[str]) -> None:
+    from .web import web_command
+
+    web_command(argv)
+
+
 # --- main -----------------------------------------------------------------------------------
 
 OwnCommand = Callable[[list[str]], None]
 
 
 def _own_commands() -> dict[str, OwnCommand]:
-    return {"dispatch": _dispatch, "token": _token}
+    return {"dispatch": _dispatch, "token": _token, "talk": _talk, "web": _web}
 
 
 def main(argv: Sequence[str] | None = None) -> None:

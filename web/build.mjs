@@ -1,7 +1,8 @@
-// Build the page into worker/static/ (committed, so the Python package serves it with no
-// build step at run time): bundle src/app.js with livekit-client, copy the HTML and CSS.
+// Build the page's script into worker/static/app.js (committed, so the Python package serves it
+// with no build step at run time): bundle src/app.js with livekit-client. The page's HTML and CSS
+// are written directly in worker/static/ (there is one copy of each).
 //   npm ci && npm run build            (or: node build.mjs --outdir DIR)
-import { copyFile, mkdir } from "node:fs/promises";
+import { mkdir } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { build } from "esbuild";
@@ -21,6 +22,4 @@ await build({
   legalComments: "eof",
   logLevel: "warning",
 });
-await copyFile(join(here, "index.html"), join(out, "index.html"));
-await copyFile(join(here, "style.css"), join(out, "style.css"));
 console.log(`built ${out}`);

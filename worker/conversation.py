@@ -30,6 +30,7 @@ from livekit.agents import llm, stt, tts, utils, vad
 from livekit.agents.pipeline import AgentTranscriptionOptions, VoicePipelineAgent
 from livekit.agents.pipeline.pipeline_agent import SpeechDataContextVar
 from livekit.agents.pipeline.speech_handle import SpeechHandle
+from livekit.agents.types import AgentState
 
 from .audio_capture import TappedVAD, UtteranceAudio, UtteranceAudioOptions
 from .builtin_tools import BuiltinTools
@@ -77,6 +78,10 @@ class FinishedReply:
     tool_rounds: int
     user_text: str | None
     agent_text: str
+    llm_failed: bool = False
+    """The LLM failed for good during this reply (see ``apologised``)."""
+    apologised: bool = False
+    """... before saying anything: the reply is the apology."""
 
 
 class Conversation:
@@ -105,6 +110,7 @@ class Conversation:
         self._done = asyncio.Event()
         self._end_reason = ""
         self._rejoin_task: asyncio.Task[None] | None = None
+        self._ready_task: asyncio.Task[None] | None = None
         self._closed = False
         self._owned: set[asyncio.Task[None]] = set()
         self._last_user_text: str | None = None
@@ -138,6 +144,7 @@ class Conversation:
         self.agent.interrupt()
 
     async def say(self, text: str) -> None:
+        await settle_playout_queue(self.agent)
         await self.agent.say(text, allow_interruptions=True)
 
     def end_after_reply(self) -> None:
@@ -158,6 +165,8 @@ class Conversation:
         self.agent.start(self._room, participant.identity)
         if self._opts.greeting:
             await self.agent.say(self._opts.greeting, allow_interruptions=True)
+        else:  # 0.12 stays "initializing" until its first reply has been played
+            self._ready_task = asyncio.create_task(self._announce_listening())
 
     async def wait_done(self) -> str:
         """Wait until the conversation ends; returns why (participant left, end_call)."""
@@ -174,6 +183,8 @@ class Conversation:
         self._room.off("participant_connected", self._on_participant_connected)
         if self._rejoin_task is not None:
             await utils.aio.gracefully_cancel(self._rejoin_task)
+        if self._ready_task is not None:
+            await utils.aio.gracefully_cancel(self._ready_task)
         await asyncio.gather(*self._owned, return_exceptions=True)
         await close_pipeline_agent(self.agent)
         await self._video.aclose()
@@ -183,7 +194,9 @@ class Conversation:
     # --- pipeline hooks ----------------------------------------------------------------------
 
     def _before_llm(self, agent: VoicePipelineAgent, chat_ctx: llm.ChatContext) -> llm.LLMStream:
-        """Runs when a reply is requested: attach this turn's media to the user message."""
+        """Runs when a reply is requested: attach this turn's media to the user message, and
+        hold the request (a copy of the context plus the new turn) to the same limits as the
+        context, so the LLM never sees more turns or media than the policy allows."""
         last = chat_ctx.messages[-1] if chat_ctx.messages else None
         if last is not None and last.role == "user" and isinstance(last.content, str):
             media: list[llm.ChatImage | llm.ChatAudio] = [*self._video.images()]
@@ -193,6 +206,7 @@ class Conversation:
             if media:
                 self._pending_media = (last.content, media)
                 last.content = [last.content, *media]
+        trim_chat_context(chat_ctx, self._opts.context)
         return self._llm.chat(chat_ctx=chat_ctx, fnc_ctx=agent.fnc_ctx)
 
     def _before_tts(
@@ -214,6 +228,7 @@ class Conversation:
         agent = self.agent
         agent.on("user_speech_committed", self._on_user_committed)
         agent.on("user_started_speaking", self._on_user_started_speaking)
+        agent.on("user_stopped_speaking", self._on_user_stopped_speaking)
         agent.on("agent_speech_committed", self._on_agent_committed)
         agent.on("agent_speech_interrupted", self._on_agent_interrupted)
         agent.on("agent_started_speaking", self._on_agent_started_speaking)
@@ -229,6 +244,16 @@ class Conversation:
 
     def _on_user_started_speaking(self, *_: Any) -> None:
         self._video.refresh()
+
+    def _on_user_stopped_speaking(self, *_: Any) -> None:
+        # 0.12 says "thinking" only when a reply is requested after the user stopped speaking;
+        # with preemptive synthesis it was requested earlier (on the final transcript).
+        if reply_pending(self.agent):
+            set_agent_state(self.agent, "thinking")
+
+    async def _announce_listening(self) -> None:
+        await agent_ready(self.agent)
+        set_agent_state(self.agent, "listening")
 
     def _on_user_committed(self, msg: llm.ChatMessage) -> None:
         self._last_user_text = msg.content if isinstance(msg.content, str) else None
@@ -248,8 +273,10 @@ class Conversation:
         speech = playing_speech(self.agent)
         stream = speech.source if speech is not None and speech.initialized else None
         tool_time, tool_rounds = 0.0, 0
+        llm_failed = apologised = False
         if isinstance(stream, ToolRoundsStream):
             tool_time, tool_rounds = stream.tool_time, stream.rounds
+            llm_failed, apologised = stream.error is not None, stream.apologised
             if stream.tool_messages and msg in self.chat_ctx.messages:
                 at = self.chat_ctx.messages.index(msg)
                 self.chat_ctx.messages[at:at] = stream.tool_messages
@@ -262,6 +289,8 @@ class Conversation:
                     tool_rounds=tool_rounds,
                     user_text=self._last_user_text,
                     agent_text=msg.content if isinstance(msg.content, str) else "",
+                    llm_failed=llm_failed,
+                    apologised=apologised,
                 )
             )
         self._trim()
@@ -349,6 +378,44 @@ def current_sequence_id() -> str | None:
     return data.sequence_id if data is not None else None
 
 
+def set_agent_state(agent: VoicePipelineAgent, state: AgentState) -> None:
+    """Publish ``lk.agent.state`` the way the agent does (its update task, replacing any
+    pending update; skipped while the room is disconnected)."""
+    agent._update_state(state)
+
+
+async def agent_ready(agent: VoicePipelineAgent) -> None:
+    """Until the agent's audio track is published (what its own say() waits for)."""
+    await asyncio.shield(agent._track_published_fut)
+
+
+def reply_pending(agent: VoicePipelineAgent) -> bool:
+    """A reply was requested and awaits the end-of-turn decision; nothing is playing."""
+    return agent._pending_agent_reply is not None and agent._playing_speech is None
+
+
+async def settle_playout_queue(agent: VoicePipelineAgent) -> None:
+    """Let the playing speech leave the queue if it is finishing, before ``agent.say()``.
+
+    0.12's say() nests a new speech into the playing one (or into the head of the queue). Once
+    the playing speech has finished playing its nested speeches, but before the main loop pops
+    it (a loop turn or two later), a speech nested into it is never played: say() right after
+    a reply ends would be lost. That window ends without any event to wait for, within a few
+    loop turns, so yield until it has passed (bounded, in case a speech is stuck there)."""
+    for _ in range(50):
+        playing = agent._playing_speech
+        finishing = (
+            playing is not None
+            and playing._nested_speech_done_fut is not None
+            and playing._nested_speech_done_fut.done()
+            and bool(agent._speech_q)
+            and agent._speech_q[0] is playing
+        )
+        if not finishing:
+            return
+        await asyncio.sleep(0)
+
+
 def relink_participant(agent: VoicePipelineAgent, identity: str) -> asyncio.Task[None] | None:
     """Listen to a participant that rejoined (0.12's agent links one participant at start).
 
@@ -388,7 +455,15 @@ async def close_pipeline_agent(agent: VoicePipelineAgent) -> None:
         agent._human_input = None
     if agent._agent_output is not None:
         await agent._agent_output.aclose()
-        await agent._agent_output._agent_playout.aclose()
+        playout = agent._agent_output._agent_playout
+        # AgentPlayout.aclose() only awaits its task, which never ends when the reply's text
+        # was cut off (an interruption or this close while the LLM still streams): its
+        # transcription forwarder waits for the end of a sentence stream that never comes.
+        # So cancel it instead (its aclose() would then re-raise that cancellation).
+        if playout._playout_atask is not None:
+            await utils.aio.gracefully_cancel(playout._playout_atask)
+        else:
+            await playout.aclose()
     for stream in streams:
         await stream.aclose()
 

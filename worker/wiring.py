@@ -51,6 +51,8 @@ class MetricsObserver:
             reply.interrupted,
             user_text=reply.user_text,
             agent_text=reply.agent_text,
+            llm_failed=reply.llm_failed,
+            apologised=reply.apologised,
         )
 
 
@@ -98,14 +100,20 @@ def build_session(
     http_session: aiohttp.ClientSession | None = None,
     llm_base_url: str | None = None,
     extra_sinks: Sequence[MetricsSink] = (),
+    options: ConversationOptions | None = None,
 ) -> SessionParts:
-    """``http_session`` (owned by the returned parts) is needed outside a job."""
+    """``http_session`` (owned by the returned parts) is needed outside a job. ``options``
+    replaces the conversation options derived from the settings (context limits, tool
+    timeouts, images, audio); their instructions and greeting are then used as given."""
     providers = build_providers(
         settings, vad=vad, http_session=http_session, llm_base_url=llm_base_url
     )
     router = DataMessageRouter()
     metrics = SessionMetrics(
-        [RoomSink(room.local_participant), *extra_sinks],
+        [
+            RoomSink(room.local_participant, destination_identities=settings.metrics_destinations),
+            *extra_sinks,
+        ],
         MetricsOptions(topic=settings.metrics_topic),
         data_message_stats=router.stats,
     )
@@ -117,7 +125,7 @@ def build_session(
         llm_=providers.llm,
         tts=providers.tts,
         user_tools=load_user_tools(settings.tools) if settings.tools else None,
-        options=conversation_options(settings),
+        options=options if options is not None else conversation_options(settings),
         observer=MetricsObserver(metrics),
     )
 

@@ -69,7 +69,8 @@ def _user_content(msg: ChatMessage, opts: LLMOptions, audio_input: bool) -> str 
                 parts.append(_image_part(item, opts))
             else:
                 logger.debug(
-                    "image left out of the request", extra={"model": opts.model, "msg": msg.id}
+                    "image left out of the request",
+                    extra={"model": opts.model, "message_id": msg.id},
                 )
         elif isinstance(item, ChatAudio):
             part = _audio_part(item) if audio_input else None
@@ -77,7 +78,8 @@ def _user_content(msg: ChatMessage, opts: LLMOptions, audio_input: bool) -> str 
                 parts.append(part)
             else:
                 logger.debug(
-                    "audio left out of the request", extra={"model": opts.model, "msg": msg.id}
+                    "audio left out of the request",
+                    extra={"model": opts.model, "message_id": msg.id},
                 )
     if all(p["type"] == "text" for p in parts):
         return "\n".join(p["text"] for p in parts)
@@ -87,7 +89,7 @@ def _user_content(msg: ChatMessage, opts: LLMOptions, audio_input: bool) -> str 
 def _text_only(msg: ChatMessage) -> str:
     texts = [c for c in _contents(msg) if isinstance(c, str)]
     if len(texts) != len(_contents(msg)):
-        logger.debug("media left out of a %s message", msg.role, extra={"msg": msg.id})
+        logger.debug("media left out of a %s message", msg.role, extra={"message_id": msg.id})
     return "\n".join(texts)
 
 
@@ -97,7 +99,7 @@ def _arguments_json(call: FunctionCallInfo) -> str:
     try:
         json.loads(call.raw_arguments)
         return call.raw_arguments
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested too deeply to parse
         return json.dumps(call.arguments)
 
 
@@ -129,7 +131,7 @@ def _message(msg: ChatMessage, opts: LLMOptions, audio_input: bool) -> Message |
             for call in msg.tool_calls
         ]
     elif not content:
-        logger.debug("empty %s message skipped", msg.role, extra={"msg": msg.id})
+        logger.debug("empty %s message skipped", msg.role, extra={"message_id": msg.id})
         return None
     return out
 
@@ -149,8 +151,10 @@ def _needs_blocking_work(messages: Sequence[ChatMessage], opts: LLMOptions) -> b
         for item in _contents(msg):
             if isinstance(item, ChatAudio) and audio_input:
                 return True
-            if isinstance(item, ChatImage) and opts.image_input and image_needs_encoding(
-                item, opts.image_max_size, opts.image_jpeg_quality
+            if (
+                isinstance(item, ChatImage)
+                and opts.image_input
+                and image_needs_encoding(item, opts.image_max_size, opts.image_jpeg_quality)
             ):
                 return True
     return False

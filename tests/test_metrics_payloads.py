@@ -97,6 +97,7 @@ def test_stt_payload() -> None:
         "audio_duration": 2.4,
         "streamed": True,
         "label": "livekit.plugins.deepgram.stt.STT",
+        "error": None,
     }
 
 
@@ -138,6 +139,7 @@ def test_tts_payload() -> None:
         "characters": 42,
         "cancelled": False,
         "label": "livekit.plugins.deepgram.tts.TTS",
+        "error": None,
     }
 
 
@@ -198,6 +200,8 @@ def test_session_payload() -> None:
         "duration": 42.0,
         "turns": 3,
         "interrupted_turns": 1,
+        "apologised_turns": 0,
+        "error_turns": 0,
         "llm_prompt_tokens": 300,
         "llm_completion_tokens": 60,
         "tts_characters": 120,

@@ -98,6 +98,8 @@ def test_turn_joins_a_replys_metrics(tracker: TurnTracker, emitted: list[dict[st
         "tool_time": 0.75,
         "tool_rounds": 2,
         "interrupted": False,
+        "outcome": "answered",
+        "error": None,
     }
     assert tracker.counts.turns == 1
     assert tracker.counts.interrupted == 0

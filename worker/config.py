@@ -84,9 +84,13 @@ class Settings:
     openai_base_url: str = ""
     llm_model: str = "gpt-4o-mini"
     llm_audio_input: AudioInputMode = "auto"
+    llm_fallback_base_url: str = ""  # empty: the primary's server
+    llm_fallback_model: str = ""  # empty: the primary's model
+    llm_fallback_api_key: Secret = field(default_factory=lambda: Secret(""))
     stt_provider: SttProvider = "deepgram"
     tts_provider: TtsProvider = "deepgram"
     metrics_topic: str = "agent.metrics"
+    metrics_destinations: tuple[str, ...] = ()  # empty: everyone in the room
     max_jobs: int = 25
     worker_port: int = 8081
 
@@ -99,9 +103,15 @@ class Settings:
                 self.livekit_api_secret,
                 self.deepgram_api_key,
                 self.openai_api_key,
+                self.llm_fallback_api_key,
             )
             if s
         ]
+
+    @property
+    def llm_fallback(self) -> bool:
+        """A fallback LLM is configured (LLM_FALLBACK_BASE_URL and/or LLM_FALLBACK_MODEL)."""
+        return bool(self.llm_fallback_base_url or self.llm_fallback_model)
 
 
 def read_dotenv(path: Path) -> dict[str, str]:
@@ -204,6 +214,19 @@ class _Parser:
             return default
         return value
 
+    def _identities(self, name: str) -> tuple[str, ...]:
+        value = self._get(name)
+        if value is None:
+            return ()
+        items = [item.strip() for item in value.split(",")]
+        if any(not item for item in items):
+            self._problem(name, "must be a comma-separated list of participant identities")
+            return ()
+        if any(len(item) > 256 or not item.isprintable() for item in items):
+            self._problem(name, "identities must be printable and at most 256 characters")
+            return ()
+        return tuple(dict.fromkeys(items))
+
     def _secret(self, name: str) -> Secret:
         return Secret(self._get(name) or "")
 
@@ -252,6 +275,9 @@ class _Parser:
             llm_audio_input=self._choice(  # type: ignore[arg-type]
                 "LLM_AUDIO_INPUT", d.llm_audio_input, ("auto", "on", "off")
             ),
+            llm_fallback_base_url=self._url("LLM_FALLBACK_BASE_URL", "", ("http", "https")),
+            llm_fallback_model=self._get("LLM_FALLBACK_MODEL") or "",
+            llm_fallback_api_key=self._secret("LLM_FALLBACK_API_KEY"),
             stt_provider=self._choice(  # type: ignore[arg-type]
                 "STT_PROVIDER", d.stt_provider, ("deepgram", "whisper")
             ),
@@ -259,13 +285,30 @@ class _Parser:
                 "TTS_PROVIDER", d.tts_provider, ("deepgram", "piper")
             ),
             metrics_topic=self._get("METRICS_TOPIC") or d.metrics_topic,
+            metrics_destinations=self._identities("METRICS_DESTINATIONS"),
             max_jobs=self._int("MAX_JOBS", d.max_jobs, 1, 1000),
             worker_port=self._int("WORKER_PORT", d.worker_port, 0, 65535),
         )
+        self._check_fallback(settings)
         self._check_needs(settings, needs)
         if self.problems:
             raise ConfigError(self.problems)
         return settings
+
+    def _check_fallback(self, s: Settings) -> None:
+        if s.llm_fallback_api_key and not s.llm_fallback:
+            self._problem(
+                "LLM_FALLBACK_API_KEY",
+                "is set but no fallback is configured (set LLM_FALLBACK_BASE_URL and/or "
+                "LLM_FALLBACK_MODEL)",
+            )
+        same_server = s.llm_fallback_base_url in ("", s.openai_base_url)
+        same_model = s.llm_fallback_model in ("", s.llm_model)
+        if s.llm_fallback and same_server and same_model:
+            self._problem(
+                "LLM_FALLBACK_MODEL",
+                "the fallback LLM is the primary one (give it another model or server)",
+            )
 
     def _check_needs(self, s: Settings, needs: set[Need]) -> None:
         def missing(name: str, why: str) -> None:

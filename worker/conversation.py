@@ -113,6 +113,8 @@ class Conversation:
         self._ready_task: asyncio.Task[None] | None = None
         self._closed = False
         self._owned: set[asyncio.Task[None]] = set()
+        self._accounting: set[asyncio.Task[None]] = set()  # one per reply that started playing
+        self._reported: set[str] = set()  # speech ids whose reply was reported finished
         self._last_user_text: str | None = None
         self.chat_ctx = llm.ChatContext().append(role="system", text=options.instructions)
         self.agent = VoicePipelineAgent(
@@ -186,6 +188,7 @@ class Conversation:
         if self._ready_task is not None:
             await utils.aio.gracefully_cancel(self._ready_task)
         await asyncio.gather(*self._owned, return_exceptions=True)
+        await utils.aio.gracefully_cancel(*self._accounting)
         await close_pipeline_agent(self.agent)
         await self._video.aclose()
         await self._llm.aclose()
@@ -271,14 +274,38 @@ class Conversation:
 
     def _reply_finished(self, msg: llm.ChatMessage, *, interrupted: bool) -> None:
         speech = playing_speech(self.agent)
+        self._report_reply(
+            speech,
+            interrupted=interrupted,
+            user_text=self._last_user_text,
+            agent_text=msg.content if isinstance(msg.content, str) else "",
+            committed=msg,
+        )
+        self._trim()
+
+    def _report_reply(
+        self,
+        speech: SpeechHandle | None,
+        *,
+        interrupted: bool,
+        user_text: str | None,
+        agent_text: str,
+        committed: llm.ChatMessage | None,
+    ) -> None:
+        if speech is not None:
+            self._reported.add(speech.id)
         stream = speech.source if speech is not None and speech.initialized else None
         tool_time, tool_rounds = 0.0, 0
         llm_failed = apologised = False
         if isinstance(stream, ToolRoundsStream):
             tool_time, tool_rounds = stream.tool_time, stream.rounds
             llm_failed, apologised = stream.error is not None, stream.apologised
-            if stream.tool_messages and msg in self.chat_ctx.messages:
-                at = self.chat_ctx.messages.index(msg)
+            if (
+                committed is not None
+                and stream.tool_messages
+                and committed in self.chat_ctx.messages
+            ):
+                at = self.chat_ctx.messages.index(committed)
                 self.chat_ctx.messages[at:at] = stream.tool_messages
         if self._observer is not None:
             self._observer.on_reply_finished(
@@ -287,17 +314,40 @@ class Conversation:
                     interrupted=interrupted,
                     tool_time=tool_time,
                     tool_rounds=tool_rounds,
-                    user_text=self._last_user_text,
-                    agent_text=msg.content if isinstance(msg.content, str) else "",
+                    user_text=user_text,
+                    agent_text=agent_text,
                     llm_failed=llm_failed,
                     apologised=apologised,
                 )
             )
-        self._trim()
 
     def _on_agent_started_speaking(self, *_: Any) -> None:
         if self._observer is not None:
             self._observer.on_first_audio(time.perf_counter())
+        speech = playing_speech(self.agent)
+        if speech is not None and speech.id not in self._reported:
+            task = asyncio.create_task(self._account_for(speech), name="conversation.account")
+            self._accounting.add(task)
+            task.add_done_callback(self._accounting.discard)
+
+    async def _account_for(self, speech: SpeechHandle) -> None:
+        """Report a reply that played but was never committed. 0.12 commits nothing for a
+        reply interrupted in its first 1.5 s of playout (MIN_TIME_PLAYED_FOR_COMMIT: the
+        user's question then merges into their next turn), so no event says it ended; the user
+        heard part of it all the same, and the metrics must count it (as interrupted)."""
+        await asyncio.shield(speech.join())
+        if speech.id in self._reported:
+            self._reported.discard(speech.id)  # reported by its commit: forget it
+            return
+        played = speech.synthesis_handle.tts_forwarder.played_text if speech.initialized else ""
+        self._report_reply(
+            speech,
+            interrupted=speech.interrupted,
+            user_text=speech.user_question or None,
+            agent_text=played,
+            committed=None,
+        )
+        self._reported.discard(speech.id)
 
     def _on_agent_stopped_speaking(self, *_: Any) -> None:
         if self._ending:

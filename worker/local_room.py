@@ -599,7 +599,8 @@ class Microphone:
 
     async def push(self, samples: np.ndarray, sample_rate: int) -> None:
         """Feed mono int16 samples at ``sample_rate`` (resampled with rtc.AudioResampler; push
-        whole utterances rather than tiny pieces when the rates differ)."""
+        whole utterances rather than tiny pieces when the rates differ; copied to every
+        channel of a multi-channel microphone)."""
         if samples.dtype != np.int16 or samples.ndim != 1:
             raise TypeError(f"expected mono int16 samples, got {samples.dtype} {samples.shape}")
         pcm = np.ascontiguousarray(samples)
@@ -611,11 +612,13 @@ class Microphone:
                 [np.frombuffer(f.data, dtype=np.int16) for f in frames]
                 or [np.zeros(0, dtype=np.int16)]
             )
+        channels = self.source.num_channels
         step = self.source.sample_rate // 100  # 10 ms frames, like a WebRTC capturer
         for start in range(0, pcm.size, step):
             chunk = pcm[start : start + step]
+            data = np.repeat(chunk, channels) if channels > 1 else chunk  # interleaved
             await self.source.capture_frame(
-                rtc.AudioFrame(chunk.tobytes(), self.source.sample_rate, 1, chunk.size)
+                rtc.AudioFrame(data.tobytes(), self.source.sample_rate, channels, chunk.size)
             )
 
     async def push_silence(self, seconds: float) -> None:
@@ -696,11 +699,16 @@ class RemoteParticipant:
     # -- driver-only ---------------------------------------------------------------------------
 
     def publish_microphone(
-        self, *, name: str = "microphone", sample_rate: int = 48000, queue_ms: int = 100
+        self,
+        *,
+        name: str = "microphone",
+        sample_rate: int = 48000,
+        num_channels: int = 1,
+        queue_ms: int = 100,
     ) -> Microphone:
-        """Publish a mono microphone (fires track_published, then track_subscribed if the room
+        """Publish a microphone (fires track_published, then track_subscribed if the room
         auto-subscribes, one loop turn later)."""
-        source = rtc.AudioSource(sample_rate, 1, queue_size_ms=queue_ms)
+        source = rtc.AudioSource(sample_rate, num_channels, queue_size_ms=queue_ms)
         track = rtc.LocalAudioTrack.create_audio_track(name, source)
         publication = self._publish(track, rtc.TrackSource.SOURCE_MICROPHONE, source)
         return Microphone(publication, source, track)
@@ -919,7 +927,11 @@ class LocalRoom(rtc.EventEmitter[RoomEventTypes]):
         self.outbox.published.append(publication)
         logger.debug(
             "agent track published",
-            extra={"sid": publication.sid, "name": publication.name, "source": publication.source},
+            extra={
+                "sid": publication.sid,
+                "track_name": publication.name,
+                "source": publication.source,
+            },
         )
         if self._record_sample_rate is not None and track.kind == rtc.TrackKind.KIND_AUDIO:
             self.outbox.audio.append(AudioRecorder(track, sample_rate=self._record_sample_rate))

@@ -28,6 +28,8 @@ from livekit.agents.metrics import (
     VADMetrics,
 )
 
+from .provider_errors import error_name
+
 SCHEMA_VERSION: Final = 1
 DEFAULT_TOPIC: Final = "agent.metrics"
 MAX_PAYLOAD_BYTES: Final = 15 * 1024
@@ -87,6 +89,7 @@ def metric_payload(m: AgentMetrics) -> Payload | None:
         p["characters"] = m.characters_count
         p["cancelled"] = m.cancelled
         p["label"] = m.label
+        p["error"] = error_name(m.error)
         return p
     if isinstance(m, STTMetrics):
         p = envelope("stt", m.timestamp)
@@ -94,6 +97,7 @@ def metric_payload(m: AgentMetrics) -> Payload | None:
         p["audio_duration"] = seconds(m.audio_duration)
         p["streamed"] = m.streamed
         p["label"] = m.label
+        p["error"] = error_name(m.error)
         return p
     return None
 
@@ -155,6 +159,10 @@ class VadAggregator:
 class TurnCounts:
     turns: int
     interrupted: int
+    apologised: int = 0
+    """Turns where the LLM failed for good before saying anything (the apology was spoken)."""
+    with_errors: int = 0
+    """Turns with a provider failure the user noticed (the ``turn`` payload's ``error``)."""
 
 
 def session_payload(
@@ -170,6 +178,8 @@ def session_payload(
     p["duration"] = seconds(duration)
     p["turns"] = turns.turns
     p["interrupted_turns"] = turns.interrupted
+    p["apologised_turns"] = turns.apologised
+    p["error_turns"] = turns.with_errors
     p["llm_prompt_tokens"] = usage.llm_prompt_tokens
     p["llm_completion_tokens"] = usage.llm_completion_tokens
     p["tts_characters"] = usage.tts_characters_count

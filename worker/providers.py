@@ -14,10 +14,14 @@ from plugins.openai_llm import LLM, LLMOptions
 from plugins.silero_vad import VAD as SileroVAD
 
 from .config import Settings
+from .llm_fallback import ClosingFallbackAdapter
+from .stt_resilience import ResilientSTT
 from .tts_segmenter import SegmentingTTS
 
 LOCAL_MAX_OUTPUT_TOKENS = 120
 """Tiny local models ramble: keep their spoken answers short."""
+NO_KEY = "no-key"
+"""Sent as the API key to servers that were given none (local servers ignore it)."""
 
 
 def load_vad() -> vad.VAD:
@@ -78,10 +82,13 @@ def build_stt(
 
         # Batch recognizer: segment by the (untapped) VAD, one recognition per utterance.
         return VADSegmentedSTT(stt=WhisperSTT(), vad=vad)
-    return deepgram.STT(
-        api_key=settings.deepgram_api_key.reveal(),
-        base_url=settings.deepgram_stt_url,
-        http_session=http_session,
+    # A refused or long-lost connection ends a Deepgram stream for good: replace it instead.
+    return ResilientSTT(
+        deepgram.STT(
+            api_key=settings.deepgram_api_key.reveal(),
+            base_url=settings.deepgram_stt_url,
+            http_session=http_session,
+        )
     )
 
 
@@ -101,10 +108,12 @@ def build_tts(settings: Settings, *, http_session: aiohttp.ClientSession | None)
 
 
 def build_llm(settings: Settings, *, base_url: str | None = None) -> llm.LLM:
-    """``base_url`` overrides OPENAI_BASE_URL (the offline `talk` starts its own server)."""
+    """``base_url`` overrides OPENAI_BASE_URL (the offline `talk` starts its own server; no
+    fallback then). With LLM_FALLBACK_* set, a fallback LLM takes over when the primary fails
+    before its first chunk (``ClosingFallbackAdapter``)."""
     url = base_url or settings.openai_base_url or None
     local = base_url is not None
-    return LLM(
+    primary = LLM(
         LLMOptions(
             model=settings.llm_model,
             base_url=url,
@@ -113,6 +122,27 @@ def build_llm(settings: Settings, *, base_url: str | None = None) -> llm.LLM:
             max_output_tokens=LOCAL_MAX_OUTPUT_TOKENS if local else None,
             max_tokens_field="max_tokens" if local else "max_completion_tokens",
             image_input=not local,  # the bundled local model (SmolLM2) has no vision
+        )
+    )
+    if local or not settings.llm_fallback:
+        return primary
+    return ClosingFallbackAdapter([primary, build_fallback_llm(settings)])
+
+
+def build_fallback_llm(settings: Settings) -> LLM:
+    """The fallback LLM. Its key: LLM_FALLBACK_API_KEY, else OPENAI_API_KEY only when the
+    fallback runs on the primary's server: the OpenAI key never goes to another host."""
+    same_server = settings.llm_fallback_base_url in ("", settings.openai_base_url)
+    key = settings.llm_fallback_api_key.reveal()
+    if not key and same_server:
+        key = settings.openai_api_key.reveal()
+    return LLM(
+        LLMOptions(
+            model=settings.llm_fallback_model or settings.llm_model,
+            base_url=settings.llm_fallback_base_url or settings.openai_base_url or None,
+            # never None: the plugin would then read OPENAI_API_KEY from the environment
+            api_key=key or NO_KEY,
+            audio_input=settings.llm_audio_input,
         )
     )
 

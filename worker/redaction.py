@@ -40,11 +40,14 @@ def install_log_redaction(secrets: Iterable[str]) -> None:
         record = base_factory(*args, **kwargs)
         message = record.getMessage()
         cleaned = redact(message, _installed)
-        exc_text = record.exc_info and logging.Formatter().formatException(record.exc_info)
-        if cleaned != message or (exc_text and redact(exc_text, _installed) != exc_text):
+        if cleaned != message:
             record.msg, record.args = cleaned, None
-            if exc_text:
-                record.exc_info, record.exc_text = None, redact(exc_text, _installed)
+        if record.exc_info:
+            # Handlers get the (masked) traceback text, never the exception object: third-party
+            # exceptions carry request data (aiohttp's ClientResponseError keeps the request's
+            # headers, Authorization included) that a handler serialising them would leak.
+            exc_text = logging.Formatter().formatException(record.exc_info)
+            record.exc_info, record.exc_text = None, redact(exc_text, _installed)
         return record
 
     base_make_record = logging.Logger.makeRecord

@@ -71,6 +71,10 @@ class ToolRunnerOptions:
     """Longer tool results are cut before they go back to the model."""
     apology: str = "Sorry, I couldn't come up with an answer just now. Could you say that again?"
     """Spoken when the LLM fails for good before saying anything (empty: say nothing)."""
+    llm_conn_options: APIConnectOptions | None = None
+    """Timeout and retries of each LLM request (None: what the caller passes, the framework's
+    default of 10 s and 3 retries). ``timeout`` also bounds a stream that stalls: the gap
+    allowed between two chunks. Retries happen only before the first chunk."""
 
 
 @dataclass
@@ -181,7 +185,7 @@ class ToolRoundsStream(llm.LLMStream):
             conn_options=APIConnectOptions(max_retry=0, timeout=conn_options.timeout),
         )
         self._runner = runner
-        self._inner_conn_options = conn_options
+        self._inner_conn_options = runner.options.llm_conn_options or conn_options
         self._request = request
         self._running: list[_RunningCall] = []
         self._last_char = ""  # of the text sent so far, to join the rounds' texts
@@ -191,7 +195,9 @@ class ToolRoundsStream(llm.LLMStream):
         """Seconds spent waiting for tools (sum over rounds, each round as long as its slowest)."""
         self.rounds = 0
         self.error: str | None = None
-        """Why the LLM failed for good (the apology was spoken instead), or None."""
+        """Why the LLM failed for good, or None."""
+        self.apologised = False
+        """The LLM failed before any text: the apology was sent instead."""
 
     async def _metrics_monitor_task(self, event_aiter: AsyncIterable[llm.ChatChunk]) -> None:
         # Each round's inner stream reports its own LLMMetrics (forwarded by the runner), so
@@ -202,19 +208,22 @@ class ToolRoundsStream(llm.LLMStream):
     async def _run(self) -> None:
         try:
             await self._rounds()
-        except APIError as e:
-            # The inner stream already retried what was retryable. Before any word was
-            # spoken, apologise so the user isn't left in silence; after, stop where we are
+        except Exception as e:
+            # The inner stream already retried what was retryable (an APIError); anything else
+            # is a provider or plugin failure all the same. Before any word was spoken,
+            # apologise so the user isn't left in silence; after, stop where we are
             # (repeating the start of the answer would be worse).
             self.error = type(e).__name__
             spoken = bool(self._last_char)
             logger.warning(
                 "LLM failed; %s",
                 "reply cut short" if spoken else "apologising",
+                exc_info=not isinstance(e, APIError),
                 extra={"error": str(e), "rounds": self.rounds},
             )
             apology = self._runner.options.apology
             if not spoken and apology:
+                self.apologised = True
                 self._send_text(llm.ChatChunk(request_id="apology"), apology, first_of_round=False)
 
     async def _rounds(self) -> None:

@@ -17,21 +17,31 @@ caller flushed): frames come out in order; ``request_id`` is the inner stream's;
 changes only at the caller's ``flush()``/``end_input()``; ``is_final`` marks the last frame of a
 caller segment, not of each internal sentence. Metrics are the inner TTS's (one TTSMetrics per
 internal segment, with a TTFB per sentence), re-emitted by the wrapper. Closing the stream
-closes the inner stream. Retries are the inner stream's business: the wrapper does not retry.
+closes the inner stream.
+
+Failures (:class:`SegmentRetryOptions`): the wrapper, not the inner stream, retries, because it
+knows the text of every segment (a Deepgram 0.7.4 stream's own retry loses it). A failed inner
+stream is replaced and gets every segment not spoken yet; a segment whose audio was cut off
+midway is not sent again (no repeated speech). When the last attempt fails, the rest of the reply
+is sent on as timed silence, so the pipeline still forwards the reply's transcription and commits
+its text; each failure is emitted as a TTSMetrics whose ``error`` says what happened.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import dataclasses
 import logging
 import re
+import time
 from collections.abc import AsyncIterable
 from dataclasses import dataclass
 
+from livekit import rtc
 from livekit.agents import APIConnectOptions, tokenize, tts, utils
 from livekit.agents.metrics import TTSMetrics
+
+from .provider_errors import ProviderError
 
 logger = logging.getLogger("worker.tts_segmenter")
 
@@ -126,6 +136,19 @@ class TextSegmenter:
         return None
 
 
+@dataclass(frozen=True)
+class SegmentRetryOptions:
+    """What a reply does when the TTS fails (see :class:`SegmentingStream`)."""
+
+    max_attempts: int = 3
+    """Inner streams tried per reply; segments already spoken are never sent again."""
+    retry_delay: float = 0.2
+    text_only_seconds_per_char: float = 0.05
+    """After the last attempt failed, the rest of the reply is "played" as this much silence
+    per character: the pipeline then still forwards its transcription to the room, paced
+    like speech, and commits its text. The failure is reported as a TTSMetrics error."""
+
+
 class SegmentingTTS(tts.TTS):
     """Wraps a streaming TTS so its streams flush at every text segment (see module docstring).
 
@@ -133,7 +156,13 @@ class SegmentingTTS(tts.TTS):
     straight to ``inner``; capabilities, sample rate and channels are ``inner``'s.
     """
 
-    def __init__(self, inner: tts.TTS, *, options: SegmenterOptions | None = None) -> None:
+    def __init__(
+        self,
+        inner: tts.TTS,
+        *,
+        options: SegmenterOptions | None = None,
+        retry: SegmentRetryOptions | None = None,
+    ) -> None:
         if not inner.capabilities.streaming:
             raise ValueError(
                 "SegmentingTTS needs a streaming TTS (wrap others in tts.StreamAdapter instead)"
@@ -145,6 +174,7 @@ class SegmentingTTS(tts.TTS):
         )
         self._inner = inner
         self._opts = options or SegmenterOptions()
+        self._retry = retry or SegmentRetryOptions()
         inner.on("metrics_collected", self._forward_metrics)
 
     @property
@@ -154,6 +184,10 @@ class SegmentingTTS(tts.TTS):
     @property
     def options(self) -> SegmenterOptions:
         return self._opts
+
+    @property
+    def retry(self) -> SegmentRetryOptions:
+        return self._retry
 
     @property
     def sample_rate(self) -> int:
@@ -182,18 +216,36 @@ class SegmentingTTS(tts.TTS):
         await self._inner.aclose()
 
 
+@dataclass
+class _Segment:
+    text: str
+    ends_caller_segment: bool
+
+
 class SegmentingStream(tts.SynthesizeStream):
     """One reply: text in, audio out, the inner stream flushed at every segment."""
 
     def __init__(
         self, *, tts: SegmentingTTS, conn_options: APIConnectOptions | None = None
     ) -> None:
-        # The inner stream retries on its own; a retry here would replay nothing (the input is
-        # consumed) and multiply the attempts, so this level never retries.
+        # Retries happen here, per segment (see SegmentRetryOptions); the framework's retry of
+        # this stream would replay nothing (the input is consumed), so it is off.
         own = dataclasses.replace(conn_options or tts._conn_options, max_retry=0)
         super().__init__(tts=tts, conn_options=own)
         self._wrapper = tts
         self._inner_conn_options = conn_options
+        self._segments: list[_Segment] = []
+        self._input_done = False
+        self._segments_changed = asyncio.Event()
+        self._done = 0
+        """Segments whose audio is complete (or that were skipped after a failure)."""
+        self._partial = False
+        """Some audio of segment ``_done`` was already sent on."""
+        self._segment_id = utils.shortuuid()
+        self.failures = 0
+        """Inner streams of this reply that failed."""
+        self.text_only = False
+        """The TTS failed for good: the rest of the reply was sent on as timed silence."""
 
     async def _metrics_monitor_task(self, event_aiter: AsyncIterable[tts.SynthesizedAudio]) -> None:
         # Metrics come from the inner TTS (forwarded by SegmentingTTS). Drain this copy of the
@@ -202,58 +254,169 @@ class SegmentingStream(tts.SynthesizeStream):
             pass
 
     async def _run(self) -> None:
-        inner = self._wrapper.inner.stream(conn_options=self._inner_conn_options)
-        segmenter = TextSegmenter(self._wrapper.options)
-        # One entry per inner flush, True when it also ends a caller segment.
-        ends_caller_segment: collections.deque[bool] = collections.deque()
+        reader = asyncio.create_task(self._read_input(), name="SegmentingStream.read_input")
+        try:
+            await self._synthesize()
+            await reader  # ended with the input; raises if reading failed
+        finally:
+            await utils.aio.gracefully_cancel(reader)
 
-        def send(segments: list[str], *, caller_flush: bool) -> None:
-            for i, text in enumerate(segments):
-                inner.push_text(text)
-                inner.flush()
-                ends_caller_segment.append(caller_flush and i == len(segments) - 1)
+    async def _read_input(self) -> None:
+        segmenter = TextSegmenter(self._wrapper.options)
+
+        def add(texts: list[str], *, caller_flush: bool) -> None:
+            for i, text in enumerate(texts):
+                self._segments.append(_Segment(text, caller_flush and i == len(texts) - 1))
                 logger.debug(
-                    "tts segment flushed",
+                    "tts segment ready",
                     extra={"segment": segmenter.segments_emitted, "chars": len(text)},
                 )
+            if texts:
+                self._segments_changed.set()
 
-        async def forward_input() -> None:
+        async for data in self._input_ch:
+            if isinstance(data, self._FlushSentinel):
+                add(segmenter.flush(), caller_flush=True)
+            else:
+                add(segmenter.push(data), caller_flush=False)
+        add(segmenter.flush(), caller_flush=True)
+        self._input_done = True
+        self._segments_changed.set()
+
+    async def _synthesize(self) -> None:
+        retry = self._wrapper.retry
+        for attempt in range(1, retry.max_attempts + 1):
+            inner = _without_own_retries(
+                self._wrapper.inner.stream(conn_options=self._inner_conn_options)
+            )
             try:
-                async for data in self._input_ch:
-                    if isinstance(data, self._FlushSentinel):
-                        send(segmenter.flush(), caller_flush=True)
-                    else:
-                        send(segmenter.push(data), caller_flush=False)
-                send(segmenter.flush(), caller_flush=True)
-                inner.end_input()
+                await self._attempt(inner)
+                return
+            except Exception as e:
+                error: Exception = e
+            finally:
+                await inner.aclose()
+            if self._partial:  # never repeat audio: the rest of that segment is lost
+                logger.debug("tts segment cut short by a failure", extra={"segment": self._done})
+                self._complete_segment()
+            self.failures += 1
+            last = attempt == retry.max_attempts
+            self._report_failure(error, recovered=not last)
+            if not last:
+                await asyncio.sleep(retry.retry_delay)
+        self.text_only = True
+        await self._play_text_only()
+
+    async def _attempt(self, inner: tts.SynthesizeStream) -> None:
+        """Send the segments not done yet to ``inner``, as they come, and pass its audio on."""
+
+        async def feed() -> None:
+            sent = self._done
+            try:
+                while True:
+                    while sent < len(self._segments):
+                        inner.push_text(self._segments[sent].text)
+                        inner.flush()
+                        sent += 1
+                    if self._input_done:
+                        inner.end_input()
+                        return
+                    self._segments_changed.clear()
+                    await self._segments_changed.wait()
             except RuntimeError:
-                # The inner stream closed (it failed): forward_output raises its error.
+                # The inner stream closed (it failed): the output loop raises its error.
                 logger.debug("inner tts stream closed before the input ended")
 
-        async def forward_output() -> None:
-            segment_id = utils.shortuuid()
-            async for ev in inner:
-                is_final = False
-                if ev.is_final:
-                    is_final = ends_caller_segment.popleft() if ends_caller_segment else True
-                self._event_ch.send_nowait(
-                    tts.SynthesizedAudio(
-                        frame=ev.frame,
-                        request_id=ev.request_id,
-                        is_final=is_final,
-                        segment_id=segment_id,
-                        delta_text=ev.delta_text,
-                    )
-                )
-                if is_final:
-                    segment_id = utils.shortuuid()
-
-        tasks = [
-            asyncio.create_task(forward_input(), name="SegmentingStream.forward_input"),
-            asyncio.create_task(forward_output(), name="SegmentingStream.forward_output"),
-        ]
+        feeder = asyncio.create_task(feed(), name="SegmentingStream.feed")
         try:
-            await asyncio.gather(*tasks)
+            async for ev in inner:
+                final = ev.is_final and self._next_ends_caller_segment()
+                self._send(ev.frame, ev.request_id, is_final=final, delta_text=ev.delta_text)
+                self._partial = True
+                if ev.is_final:
+                    self._complete_segment()
+            if not self._input_done:
+                raise RuntimeError("the inner tts stream ended before the reply's input did")
+            # Ended normally after all the text: a segment without audio (no final) is done too.
+            while self._done < len(self._segments):
+                self._complete_segment()
         finally:
-            await utils.aio.gracefully_cancel(*tasks)
-            await inner.aclose()
+            await utils.aio.gracefully_cancel(feeder)
+
+    def _send(
+        self, frame: rtc.AudioFrame, request_id: str, *, is_final: bool, delta_text: str = ""
+    ) -> None:
+        self._event_ch.send_nowait(
+            tts.SynthesizedAudio(
+                frame=frame,
+                request_id=request_id,
+                is_final=is_final,
+                segment_id=self._segment_id,
+                delta_text=delta_text,
+            )
+        )
+        if is_final:
+            self._segment_id = utils.shortuuid()
+
+    def _next_ends_caller_segment(self) -> bool:
+        return self._done < len(self._segments) and self._segments[self._done].ends_caller_segment
+
+    def _complete_segment(self) -> None:
+        """Segment ``_done`` is over (spoken, or cut short after a failure)."""
+        self._done += 1
+        self._partial = False
+
+    async def _play_text_only(self) -> None:
+        """The TTS gave up: send timed silence for every segment left (as they come), so the
+        pipeline still plays the reply, forwards its transcription and commits its text."""
+        retry = self._wrapper.retry
+        rate, channels = self._wrapper.sample_rate, self._wrapper.num_channels
+        chunk = max(1, rate // 10)  # 100 ms frames
+        while True:
+            while self._done < len(self._segments):
+                text = self._segments[self._done].text
+                samples = max(chunk, round(len(text) * retry.text_only_seconds_per_char * rate))
+                final = self._next_ends_caller_segment()
+                for start in range(0, samples, chunk):
+                    n = min(chunk, samples - start)
+                    silence = rtc.AudioFrame(bytes(2 * n * channels), rate, channels, n)
+                    self._send(silence, "text-only", is_final=final and start + n >= samples)
+                self._complete_segment()
+            if self._input_done:
+                return
+            self._segments_changed.clear()
+            await self._segments_changed.wait()
+
+    def _report_failure(self, error: Exception, *, recovered: bool) -> None:
+        reason = type(error).__name__
+        logger.warning(
+            "TTS failed; %s",
+            "retrying" if recovered else "the rest of the reply is text only",
+            extra={"error": reason, "failures": self.failures},
+        )
+        self._wrapper.emit(
+            "metrics_collected",
+            TTSMetrics(
+                request_id="",
+                timestamp=time.time(),
+                ttfb=-1.0,
+                duration=0.0,
+                audio_duration=0.0,
+                cancelled=False,
+                characters_count=0,
+                label=self._wrapper.label,
+                streamed=True,
+                error=ProviderError(reason=reason, recovered=recovered),
+            ),
+        )
+
+
+def _without_own_retries(stream: tts.SynthesizeStream) -> tts.SynthesizeStream:
+    """Turn off the framework's retry of an inner stream (SegmentingStream retries per segment).
+
+    Deepgram 0.7.4's ``TTS.stream()`` ignores ``conn_options``, and its retry re-runs ``_run``
+    on an input channel already consumed: the text of the failed attempt is lost (silence or
+    half a reply). The retry loop reads ``_conn_options`` when the stream's task first runs, so
+    replacing it right after creation takes effect. Private: tested in test_faults_tts."""
+    stream._conn_options = dataclasses.replace(stream._conn_options, max_retry=0)
+    return stream

@@ -33,6 +33,13 @@ and the TTS round trip) and ``tts_ttfb_source`` is ``"first_text"``. Without a
 ``first_text`` observation it is the framework's ``TTSMetrics.ttfb`` of the reply's first
 TTS segment, ``tts_ttfb_source: "framework"``; that one counts from the TTS stream's start,
 so it includes the LLM's generation time.
+
+``outcome`` says how the turn ended for the user: ``answered``, ``interrupted`` (barge-in),
+``apologised`` (the LLM failed for good before saying anything: the apology was spoken) or
+``cut_short`` (the LLM failed after part of the answer was spoken). ``error`` names the
+providers that failed for good during the reply (``"llm"``, ``"tts"``: the rest of the reply
+reached the room as a transcript only), or null; recovered failures show only in the
+components' own payloads.
 """
 
 from __future__ import annotations
@@ -40,11 +47,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from livekit.agents.metrics import AgentMetrics, LLMMetrics, PipelineEOUMetrics, TTSMetrics
 
 from .metrics_payloads import Payload, TurnCounts, envelope, seconds
+from .provider_errors import ProviderError
 
 logger = logging.getLogger("worker.turns")
 
@@ -65,6 +73,7 @@ class _Reply:
     tool_rounds: int = 0
     first_text: float | None = None
     first_audio: float | None = None
+    errors: set[str] = field(default_factory=set)
 
 
 class TurnTracker:
@@ -90,10 +99,17 @@ class TurnTracker:
         self._user_end: float | None = None
         self._turns = 0
         self._interrupted = 0
+        self._apologised = 0
+        self._with_errors = 0
 
     @property
     def counts(self) -> TurnCounts:
-        return TurnCounts(turns=self._turns, interrupted=self._interrupted)
+        return TurnCounts(
+            turns=self._turns,
+            interrupted=self._interrupted,
+            apologised=self._apologised,
+            with_errors=self._with_errors,
+        )
 
     # --- observations ---------------------------------------------------------------------
 
@@ -119,8 +135,11 @@ class TurnTracker:
             reply.llm_rounds += 1
             if reply.llm_ttft is None and m.ttft >= 0:
                 reply.llm_ttft = m.ttft
-        elif isinstance(m, TTSMetrics) and reply.framework_tts_ttfb is None and m.ttfb >= 0:
-            reply.framework_tts_ttfb = m.ttfb
+        elif isinstance(m, TTSMetrics):
+            if isinstance(m.error, ProviderError) and not m.error.recovered:
+                reply.errors.add("tts")  # the rest of the reply went out as text only
+            elif m.error is None and reply.framework_tts_ttfb is None and m.ttfb >= 0:
+                reply.framework_tts_ttfb = m.ttfb
 
     def first_text(self, sequence_id: str, at: float) -> None:
         """The first text of the reply was handed to TTS (only the first call counts)."""
@@ -168,11 +187,15 @@ class TurnTracker:
         *,
         user_text: str | None = None,
         agent_text: str | None = None,
+        llm_failed: bool = False,
+        apologised: bool = False,
     ) -> Payload | None:
         """The reply is over; emits (and returns) its ``turn`` payload, once per reply.
 
         ``sequence_id=None`` means the reply that most recently started playing. Metrics
-        arriving for the reply after this call are ignored by the tracker.
+        arriving for the reply after this call are ignored by the tracker. ``llm_failed``: the
+        LLM failed for good during this reply; ``apologised``: before saying anything, so the
+        apology was spoken instead.
         """
         reply: _Reply | None
         if sequence_id is None:
@@ -184,12 +207,25 @@ class TurnTracker:
             return None
         del self._open[reply.sequence_id]
         self._remember_finished(reply.sequence_id)
-        payload = self._payload(reply, interrupted)
+        if llm_failed:
+            reply.errors.add("llm")
+        outcome = (
+            "interrupted"
+            if interrupted
+            else "apologised"
+            if apologised
+            else "cut_short"
+            if llm_failed
+            else "answered"
+        )
+        payload = self._payload(reply, interrupted, outcome)
         if self._include_text:
             payload["user_text"] = user_text
             payload["agent_text"] = agent_text
         self._turns += 1
         self._interrupted += int(interrupted)
+        self._apologised += int(outcome == "apologised")
+        self._with_errors += int(bool(reply.errors))
         self._emit(payload)
         return payload
 
@@ -212,7 +248,7 @@ class TurnTracker:
         if len(self._finished) > 4 * MAX_OPEN_REPLIES:
             del self._finished[next(iter(self._finished))]
 
-    def _payload(self, r: _Reply, interrupted: bool) -> Payload:
+    def _payload(self, r: _Reply, interrupted: bool, outcome: str) -> Payload:
         e2e = None
         if r.user_end is not None and r.first_audio is not None:
             e2e = r.first_audio - r.user_end
@@ -233,4 +269,6 @@ class TurnTracker:
         p["tool_time"] = seconds(r.tool_time)
         p["tool_rounds"] = r.tool_rounds
         p["interrupted"] = interrupted
+        p["outcome"] = outcome
+        p["error"] = ",".join(sorted(r.errors)) or None
         return p

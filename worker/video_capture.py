@@ -21,6 +21,19 @@ from livekit.agents.utils.images import EncodeOptions, ResizeOptions, encode
 logger = logging.getLogger("worker.video_capture")
 
 VIDEO_SOURCES = (rtc.TrackSource.SOURCE_CAMERA, rtc.TrackSource.SOURCE_SCREENSHARE)
+ENCODABLE = frozenset(
+    {
+        rtc.VideoBufferType.RGBA,
+        rtc.VideoBufferType.BGRA,
+        rtc.VideoBufferType.I420,
+        rtc.VideoBufferType.I444,
+        rtc.VideoBufferType.NV12,
+    }
+)
+"""Buffer types the FFI converts to RGBA (what the JPEG encoder needs). Decoded remote video is
+I420 or NV12. Of the others, ARGB, RGB24 and I420A are refused by the FFI, ABGR and I010 abort
+the whole process (a Rust panic in livekit-ffi 1.1.10) and a 4K I422 frame crashes it
+(segmentation fault), so they are never handed to it."""
 
 
 @dataclass(frozen=True)
@@ -35,7 +48,10 @@ class ImageOptions:
 
 
 def encode_image(frame: rtc.VideoFrame, options: ImageOptions) -> llm.ChatImage:
-    """Resize to fit ``max_size`` and encode as a JPEG data URL (blocking: run it in a thread)."""
+    """Resize to fit ``max_size`` and encode as a JPEG data URL (blocking: run it in a thread).
+    Raises ValueError for a frame that cannot be encoded safely (see ``ENCODABLE``)."""
+    if frame.type not in ENCODABLE or frame.width < 1 or frame.height < 1:
+        raise ValueError(f"cannot encode a {frame.width}x{frame.height} frame of type {frame.type}")
     scale = min(1.0, options.max_size / max(frame.width, frame.height, 1))
     width, height = max(1, round(frame.width * scale)), max(1, round(frame.height * scale))
     jpeg = encode(

@@ -240,7 +240,7 @@ class LLMStream(agents_llm.LLMStream):
         self._function_calls_info.append(call)
         logger.debug(
             "tool call complete",
-            extra={"name": call.function_info.name, "tool_call_id": call.tool_call_id},
+            extra={"tool": call.function_info.name, "tool_call_id": call.tool_call_id},
         )
         return ChatChunk(
             request_id=self._request_id,

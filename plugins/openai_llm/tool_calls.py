@@ -13,6 +13,11 @@ Each call is handed out exactly once. A stream that ends without a finish_reason
 A call that cannot run (unknown function, bad JSON, missing or invalid arguments) is never an
 exception: it becomes an `InvalidFunctionCall`, whose `execute()` returns text that tells the
 model what was wrong, so it lands in the conversation as that call's tool result.
+
+The arguments are model output, so they are treated as hostile: longer than
+`MAX_ARGUMENT_CHARS` or nested deeper than `MAX_ARGUMENT_DEPTH` is an invalid call (Python's
+JSON parser would raise RecursionError on deep nesting), `true`/`false` is not a number, and
+the error text quotes at most `QUOTED_ARGUMENT_CHARS` of what the model sent.
 """
 
 from __future__ import annotations
@@ -30,6 +35,10 @@ from livekit.agents.llm import (
 
 logger = logging.getLogger("plugins.openai_llm")
 
+MAX_ARGUMENT_CHARS = 32_000
+MAX_ARGUMENT_DEPTH = 32
+QUOTED_ARGUMENT_CHARS = 200
+
 
 @dataclass(frozen=True)
 class InvalidFunctionCall(FunctionCallInfo):
@@ -42,8 +51,56 @@ class InvalidFunctionCall(FunctionCallInfo):
     error: str = ""
 
 
+def _quote(raw: str) -> str:
+    if len(raw) <= QUOTED_ARGUMENT_CHARS:
+        return repr(raw)
+    return f"{raw[:QUOTED_ARGUMENT_CHARS]!r}... ({len(raw)} characters)"
+
+
+def _depth(text: str) -> int:
+    """How deeply brackets nest in a JSON text (brackets inside strings are skipped)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth -= 1
+    return deepest
+
+
+def _argument_problem(info: FunctionInfo, raw: str) -> str | None:
+    """What makes ``raw`` unacceptable before the framework parses it, or None."""
+    if len(raw) > MAX_ARGUMENT_CHARS:
+        return f"the arguments are {len(raw)} characters long (at most {MAX_ARGUMENT_CHARS})"
+    if _depth(raw) > MAX_ARGUMENT_DEPTH:
+        return f"the arguments nest deeper than {MAX_ARGUMENT_DEPTH} levels"
+    try:
+        values = json.loads(raw) if raw.strip() else {}
+    except ValueError:
+        return None  # the framework reports bad JSON itself
+    if isinstance(values, dict):
+        for name, arg in info.arguments.items():
+            numeric = arg.type in (int, float)
+            if numeric and isinstance(values.get(name), bool):
+                return f"{name} must be a number, not {json.dumps(values[name])}"
+    return None
+
+
 def _invalid_call(call_id: str, name: str, raw: str, error: str) -> InvalidFunctionCall:
     message = f"Error: the call was not run: {error}. Call {name} again with valid arguments."
+    if len(raw) > MAX_ARGUMENT_CHARS or _depth(raw) > MAX_ARGUMENT_DEPTH:
+        raw = raw[:QUOTED_ARGUMENT_CHARS]  # hostile: keep it out of the history sent back
 
     async def report() -> str:
         return message
@@ -68,21 +125,29 @@ def build_call(
             f"there is no function named {name!r} (available: {available})",
         )
     assert fnc_ctx is not None
+    problem = _argument_problem(functions[name], raw_arguments)
+    if problem is not None:
+        return _invalid_call(
+            call_id, name, raw_arguments, f"invalid arguments for {name}: {problem}"
+        )
     try:
         return _create_ai_function_info(fnc_ctx, call_id, name, raw_arguments)
-    except (ValueError, TypeError, AttributeError) as e:
+    except (ValueError, TypeError, AttributeError, RecursionError) as e:
         return _invalid_call(
-            call_id, name, raw_arguments, f"invalid arguments {raw_arguments!r} for {name}: {e}"
+            call_id,
+            name,
+            raw_arguments,
+            f"invalid arguments {_quote(raw_arguments)} for {name}: {e}",
         )
 
 
 def _is_complete_object(text: str) -> bool:
     stripped = text.rstrip()
-    if not stripped.endswith("}"):
-        return False
+    if not stripped.endswith("}") or len(stripped) > MAX_ARGUMENT_CHARS:
+        return False  # too long: reported as invalid when the call finishes
     try:
         return isinstance(json.loads(stripped), dict)
-    except ValueError:
+    except (ValueError, RecursionError):
         return False
 
 
@@ -111,7 +176,7 @@ class ToolCallAssembler:
             if arguments and arguments.strip():
                 logger.warning(
                     "tool call arguments continued after a complete JSON object; ignored",
-                    extra={"index": index, "name": call.name},
+                    extra={"index": index, "tool": call.name},
                 )
             return None
         if call_id:

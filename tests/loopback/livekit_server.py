@@ -13,7 +13,15 @@ wire formats, with the real protobufs from ``livekit-protocol``:
   ``livekit.api.LiveKitAPI().agent_dispatch`` (protobuf body, or JSON for Twirp's JSON
   flavour). The token must grant ``roomAdmin`` for the request's room. Requests are recorded.
 
-Anything else (e.g. the media server's ``/rtc``) answers 404, so ``JobContext.connect()`` fails.
+- ``GET /rtc`` (the media server's signalling websocket, which ``rtc.Room.connect`` opens):
+  no media server is modelled. The room token (``Authorization: Bearer``, or the
+  ``access_token`` query parameter) must be valid;
+  then a room in :attr:`LoopbackLiveKitServer.held_rooms` gets its websocket accepted and held
+  open without a word (``connect()`` stays pending, like a call whose media server is slow),
+  until :meth:`RtcConnection.close` or the client gives up; any other room is refused (503),
+  so ``JobContext.connect()`` fails at once. Attempts are recorded in ``rtc_attempts``.
+
+Anything else answers 404.
 """
 
 from __future__ import annotations
@@ -37,6 +45,7 @@ from livekit.protocol import agent, agent_dispatch, models
 logger = logging.getLogger("tests.loopback.livekit_server")
 
 WORKER_PATH = "/agent"
+RTC_PATH = "/rtc"
 DISPATCH_PATH = "/twirp/livekit.AgentDispatchService/CreateDispatch"
 
 
@@ -169,6 +178,22 @@ def make_job(
     )
 
 
+@dataclass
+class RtcConnection:
+    """One ``/rtc`` attempt: the room and identity of its token, and whether it was held."""
+
+    room: str
+    identity: str
+    held: bool
+    ws: web.WebSocketResponse | None = None
+    closed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def close(self) -> None:
+        """End a held connection (the call ends from the server's side)."""
+        if self.ws is not None:
+            await self.ws.close(code=1001, message=b"room closed")
+
+
 class LoopbackLiveKitServer:
     """``async with LoopbackLiveKitServer(key, secret) as server:`` on 127.0.0.1, random port."""
 
@@ -178,6 +203,8 @@ class LoopbackLiveKitServer:
         self.workers: list[WorkerConnection] = []
         self.dispatches: list[DispatchRecord] = []
         self.rejected: list[tuple[str, str]] = []  # (path, reason) of every 401
+        self.held_rooms: set[str] = set()
+        self.rtc_attempts: list[RtcConnection] = []
         self._ids = itertools.count(1)
         self._changed = asyncio.Condition()  # a worker registered or a request was refused
         self._runner: web.AppRunner | None = None
@@ -195,6 +222,7 @@ class LoopbackLiveKitServer:
     async def start(self) -> None:
         app = web.Application()
         app.router.add_get(WORKER_PATH, self._worker_ws)
+        app.router.add_get(RTC_PATH, self._rtc_ws)
         app.router.add_post(DISPATCH_PATH, self._create_dispatch)
         self._runner = web.AppRunner(app, handle_signals=False)
         await self._runner.setup()
@@ -206,6 +234,9 @@ class LoopbackLiveKitServer:
         for worker in self.workers:
             with contextlib.suppress(Exception):
                 await worker.ws.close()
+        for attempt in self.rtc_attempts:
+            with contextlib.suppress(Exception):
+                await attempt.close()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -320,6 +351,46 @@ class LoopbackLiveKitServer:
                 await conn._record(wmsg)
         finally:
             await conn._mark_closed()
+        return ws
+
+    async def wait_for_rtc(self, count: int) -> list[RtcConnection]:
+        """Wait until ``count`` ``/rtc`` attempts were made; return them all."""
+        async with self._changed:
+            await self._changed.wait_for(lambda: len(self.rtc_attempts) >= count)
+            return list(self.rtc_attempts)
+
+    # --- /rtc -------------------------------------------------------------------------------
+
+    async def _rtc_ws(self, request: web.Request) -> web.StreamResponse:
+        token = request.query.get("access_token")  # browsers; the Rust SDK sends the header
+        header = request.headers.get("Authorization") or (f"Bearer {token}" if token else None)
+        try:
+            claims = verify_bearer(
+                header,
+                self.api_key,
+                self.api_secret,
+                require=lambda video: video.get("roomJoin") is True and bool(video.get("room")),
+            )
+        except AuthError as e:
+            return await self._unauthorized(request, str(e))
+        room = str(claims["video"]["room"])
+        attempt = RtcConnection(room=room, identity=str(claims.get("sub", "")), held=False)
+        if room not in self.held_rooms:
+            async with self._changed:
+                self.rtc_attempts.append(attempt)
+                self._changed.notify_all()
+            return web.json_response({"code": "unavailable", "msg": "no media server"}, status=503)
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        attempt.held, attempt.ws = True, ws
+        async with self._changed:
+            self.rtc_attempts.append(attempt)
+            self._changed.notify_all()
+        try:
+            async for _ in ws:  # never answers: the client waits for a join response
+                pass
+        finally:
+            attempt.closed.set()
         return ws
 
     # --- Twirp: AgentDispatchService.CreateDispatch -----------------------------------------

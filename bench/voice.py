@@ -1,0 +1,498 @@
+"""Part 1, voice: end-of-speech -> first agent audio, its breakdown, and false cut-offs.
+
+Both pipelines run in this process, each in its own room with its own loopback providers,
+turn by turn alternately (the order flips every turn), so they share the machine's state.
+
+A turn: an espeak-ng utterance cut to its voiced span is fed in real time into the user's
+48 kHz microphone; ``E`` is when its last sample plays into the track. Then, per pipeline:
+
+- ``F`` the loopback Deepgram sends the final transcript (150 ms of audio after ``E``);
+- ``V`` the pipeline decides the user's turn is over (its EOU metric is emitted right there);
+- ``R`` the LLM request of the reply that is played reaches the server;
+- ``S``/``A`` the first TTS ``Flush`` of that reply reaches Deepgram / its first audio leaves;
+- ``Q`` ``agent_started_speaking``; ``P`` the first audible frame at the room's recorder.
+
+e2e = P - E (and Q - E). Voice-path overhead = e2e - floor, where the floor is what the
+providers and the pipeline's own endpointing rule impose, on the critical path::
+
+    floor = max(V - E, (L - E) + TTFT + gen1 + TTFB)
+
+with TTFT, TTFB the scripted provider delays, gen1 the time the LLM needs to stream the
+first sentence of the reply (first to last token of it), and L the moment the pipeline's
+rule lets it ask the LLM: the final transcript ``F`` with preemptive synthesis (ours), the
+end-of-turn decision ``V`` without it (stock's default). So the overhead is everything
+the pipeline adds by itself: waiting for more text than the first sentence before
+synthesising, request building and dispatch, playout handoff, event-loop delays.
+
+False cut-offs: utterances with mid-sentence pauses of 0.3-0.8 s (each phrase gets its own
+final transcript, as Deepgram does at a pause); a cut-off is agent audio that starts between
+the utterance's first and last phrase.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import itertools
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .harness import (
+    MIC_RATE,
+    PIPELINES,
+    BenchSession,
+    LoopMonitor,
+    Pipeline,
+    ProviderScript,
+    audible_starts,
+    first_after,
+    first_audible_after,
+    first_sentence_tokens,
+    last_between,
+    open_session,
+    push_speech,
+    ratio,
+    rounded,
+    summarize,
+    voiced_clip,
+)
+
+logger = logging.getLogger("bench.voice")
+
+
+@dataclass(frozen=True)
+class TurnScript:
+    utterance: str
+    transcript: str
+    reply: str
+    """Two sentences, ~25 words; no comma in the first (its end is unambiguous)."""
+
+
+TURNS: tuple[TurnScript, ...] = (
+    TurnScript(
+        "What time is it in Paris right now",
+        "What time is it in Paris right now?",
+        "It is noon in Paris right now. The weather there is mild and sunny so it is a "
+        "lovely afternoon for a walk along the river.",
+    ),
+    TurnScript(
+        "Can you book a table for two tonight",
+        "Can you book a table for two tonight?",
+        "Your table for two is booked for tonight. I reserved it for eight o'clock at the "
+        "small Italian place near the main square.",
+    ),
+    TurnScript(
+        "How far is the nearest train station from here",
+        "How far is the nearest train station from here?",
+        "The nearest train station is about two kilometres away. You can walk there in "
+        "twenty five minutes or take the number four bus.",
+    ),
+    TurnScript(
+        "Tell me something nice about the weather today",
+        "Tell me something nice about the weather today.",
+        "The weather today is bright and pleasant. Expect clear skies all afternoon with a "
+        "gentle breeze and a high of twenty two degrees.",
+    ),
+    TurnScript(
+        "What is the capital city of Australia",
+        "What is the capital city of Australia?",
+        "The capital city of Australia is Canberra. Many people guess Sydney or Melbourne "
+        "but Canberra was chosen as a compromise between them.",
+    ),
+)
+
+PAUSE_PHRASES: tuple[tuple[str, str, str], ...] = (
+    ("I would like to book a table", "for two people", "tomorrow evening at seven"),
+    ("So the first thing", "is to check the calendar", "and then send the invitations"),
+    ("Well let me think", "about that for a moment", "maybe around seven o'clock"),
+    ("Thank you very much", "that was really helpful", "I will call again later"),
+    ("Could you tell me", "how long the drive is", "if we leave right after lunch"),
+    ("My sister is coming", "on the early train", "so we need a bigger car"),
+)
+PAUSES = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
+SHORT_REPLY = "Sure. I can help with that."
+STAGES = (
+    ("stt_final", "E -> F: final transcript sent"),
+    ("vad_end", "E -> VAD end of speech at the agent"),
+    ("end_of_turn", "E -> V: end-of-turn decision"),
+    ("llm_request", "E -> R: LLM request at the server"),
+    ("first_token", "E -> R + TTFT"),
+    ("first_sentence", "E -> R + TTFT + gen1"),
+    ("first_flush", "E -> S: first TTS Flush at Deepgram"),
+    ("tts_audio", "E -> A: first TTS audio sent"),
+    ("started_speaking", "E -> Q: agent_started_speaking"),
+    ("first_audio", "E -> P: first audible frame at the recorder"),
+)
+
+
+@dataclass(frozen=True)
+class VoiceConfig:
+    turns: int
+    pause_utterances: int
+
+    @staticmethod
+    def for_mode(quick: bool) -> VoiceConfig:
+        return VoiceConfig(turns=2, pause_utterances=1) if quick else VoiceConfig(50, 12)
+
+
+def _rel(t: float | None, e: float) -> float | None:
+    return None if t is None else round(t - e, 4)
+
+
+def analyze_turn(
+    session: BenchSession, script: ProviderScript, e: float, reply: str, until: float
+) -> dict[str, Any]:
+    """The timeline of the reply to the speech that ended at ``e`` (stamps before ``until``)."""
+    probe, prov = session.probe, session.providers
+    p = first_audible_after(session.recorder, e, until)
+    q = first_after(probe.events["agent_started_speaking"], e, until)
+    v = first_after(probe.eou, e, until)
+    f = first_after(prov.final_times(), e - 0.05, until)
+    r = last_between(prov.request_times(), e - 0.05, p if p is not None else until)
+    flush = next((fl for fl in prov.flushes() if r is not None and fl[0] >= r), None)
+    vad_end = next((t for t, _ in probe.vad_ends if t >= e), None)
+    gen1 = script.gen_seconds(first_sentence_tokens(reply))
+    floor = None
+    lead = f if probe.preemptive else v
+    if v is not None and lead is not None:
+        floor = max(v - e, lead - e + script.llm_ttft + gen1 + script.tts_ttfb)
+    e2e = None if p is None else p - e
+    e2e_event = None if q is None else q - e
+    return {
+        "pipeline": session.kind,
+        "stages": {
+            "stt_final": _rel(f, e),
+            "vad_end": _rel(vad_end, e),
+            "end_of_turn": _rel(v, e),
+            "llm_request": _rel(r, e),
+            "first_token": _rel(None if r is None else r + script.llm_ttft, e),
+            "first_sentence": _rel(None if r is None else r + script.llm_ttft + gen1, e),
+            "first_flush": _rel(None if flush is None else flush[0], e),
+            "tts_audio": _rel(None if flush is None else flush[1], e),
+            "started_speaking": _rel(q, e),
+            "first_audio": _rel(p, e),
+        },
+        "first_flush_chars": None if flush is None else len(flush[2]),
+        "gen1": round(gen1, 4),
+        "e2e": rounded(e2e),
+        "e2e_event": rounded(e2e_event),
+        "floor": rounded(floor),
+        "overhead": None if e2e is None or floor is None else round(e2e - floor, 4),
+        "overhead_event": (
+            None if e2e_event is None or floor is None else round(e2e_event - floor, 4)
+        ),
+    }
+
+
+async def voice_turn(
+    session: BenchSession, script: ProviderScript, turn: TurnScript
+) -> dict[str, Any]:
+    prov = session.providers
+    prov.dg.listen.default_transcript = turn.transcript
+    prov.reply_for = lambda body: prov.reply(turn.reply)
+    _, e = await push_speech(session.mic, voiced_clip(turn.utterance))
+    await session.wait_reply_done(e, timeout=20.0)
+    await session.wait_quiet(0.5)
+    return analyze_turn(session, script, e, turn.reply, time.perf_counter())
+
+
+async def pause_utterance(
+    session: BenchSession, phrases: tuple[str, ...], pauses: tuple[float, ...]
+) -> dict[str, Any]:
+    """One utterance with pauses; counts agent audio starting inside it."""
+    prov = session.providers
+    transcripts = [*phrases[:-1], phrases[-1] + "."]
+    prov.dg.transcripts.extend(transcripts)
+    prov.dg.listen.default_transcript = transcripts[-1]
+    prov.reply_for = lambda body: prov.reply(SHORT_REPLY)
+    spans: list[tuple[float, float]] = []
+    pause_spans: list[tuple[float, float, float]] = []
+    for i, phrase in enumerate(phrases):
+        start, end = await push_speech(session.mic, voiced_clip(phrase))
+        spans.append((start, end))
+        if i < len(pauses):
+            await session.mic.push(np.zeros(round(pauses[i] * MIC_RATE), np.int16), MIC_RATE)
+            pause_spans.append((end, end + pauses[i], pauses[i]))
+    u0, u1 = spans[0][0], spans[-1][1]
+    try:
+        await session.wait_reply_done(u1, timeout=20.0)
+    except TimeoutError:
+        logger.warning("no reply after a paused utterance", extra={"pipeline": session.kind})
+    await session.wait_quiet(1.0)
+    prov.dg.transcripts.clear()
+    starts = audible_starts(session.recorder, u0, u1)
+    decisions = [t for t in session.probe.eou if u0 < t < u1]
+
+    def pause_of(t: float) -> float | None:
+        # the pause the agent started in (or the last one before, if it started in a phrase)
+        before = [p for p in pause_spans if p[0] <= t]
+        return before[-1][2] if before else None
+
+    return {
+        "pipeline": session.kind,
+        "pauses": list(pauses),
+        "cutoffs": len(starts),
+        "cutoff_pauses": [pause_of(t) for t in starts],
+        "decisions_inside": len(decisions),
+        "decision_pauses": [pause_of(t) for t in decisions],
+        "reply_after_end": _rel(first_audible_after(session.recorder, u1), u1),
+    }
+
+
+def _pause_plan(n: int) -> list[tuple[tuple[str, str, str], tuple[float, float]]]:
+    values = list(itertools.islice(itertools.cycle(PAUSES), 2 * n))
+    # pair short with long so every utterance has one of each half
+    rng = np.random.default_rng(7)
+    rng.shuffle(values)
+    return [
+        (PAUSE_PHRASES[i % len(PAUSE_PHRASES)], (values[2 * i], values[2 * i + 1]))
+        for i in range(n)
+    ]
+
+
+def _pipeline_summary(turns: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "turns": len(turns),
+        "missing": sum(1 for t in turns if t["e2e"] is None),
+        "e2e": summarize(t["e2e"] for t in turns),
+        "e2e_event": summarize(t["e2e_event"] for t in turns),
+        "floor": summarize(t["floor"] for t in turns),
+        "overhead": summarize(t["overhead"] for t in turns),
+        "overhead_event": summarize(t["overhead_event"] for t in turns),
+        "stages": {name: summarize(t["stages"][name] for t in turns) for name, _ in STAGES},
+        "first_flush_chars": summarize(t["first_flush_chars"] for t in turns),
+    }
+
+
+def _cutoff_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    by_pause: dict[str, dict[str, int]] = {}
+    for p in PAUSES:
+        key = f"{p:.1f}"
+        by_pause[key] = {
+            "pauses": sum(r["pauses"].count(p) for r in rows),
+            "cutoffs": sum(r["cutoff_pauses"].count(p) for r in rows),
+            "decisions": sum(r["decision_pauses"].count(p) for r in rows),
+        }
+    return {
+        "utterances": len(rows),
+        "pauses": sum(len(r["pauses"]) for r in rows),
+        "cutoffs": sum(r["cutoffs"] for r in rows),
+        "utterances_cut": sum(1 for r in rows if r["cutoffs"]),
+        "decisions_inside": sum(r["decisions_inside"] for r in rows),
+        "by_pause": by_pause,
+        "reply_after_end": summarize(r["reply_after_end"] for r in rows),
+    }
+
+
+async def run(quick: bool = False) -> dict[str, Any]:
+    cfg = VoiceConfig.for_mode(quick)
+    # quick: shorter agent audio (the latency is the same, the run shorter)
+    script = ProviderScript(tts_seconds_per_char=0.01) if quick else ProviderScript()
+    sessions: dict[Pipeline, BenchSession] = {}
+    first: dict[str, dict[str, Any]] = {}
+    turns: list[dict[str, Any]] = []
+    pauses: list[dict[str, Any]] = []
+    monitor = LoopMonitor()
+    try:
+        for kind in PIPELINES:
+            sessions[kind] = await open_session(kind, script)
+        await asyncio.sleep(1.0)  # let both settle (first VAD inferences, STT connections)
+        for kind in PIPELINES if not quick else ():
+            # the first turn of a process pays one-time costs: reported apart
+            first[kind] = await voice_turn(sessions[kind], script, TURNS[-1])
+            sessions[kind].trim_records(time.perf_counter())
+        # A job process would freeze what it loaded at start; without it the collector's
+        # full passes scan ~200k startup objects (~90 ms pauses at random moments).
+        gc.freeze()
+        monitor.start()
+        for i in range(cfg.turns):
+            order = PIPELINES if i % 2 == 0 else PIPELINES[::-1]
+            for kind in order:
+                row = await voice_turn(sessions[kind], script, TURNS[i % len(TURNS)])
+                row["index"] = i
+                turns.append(row)
+                sessions[kind].trim_records(time.perf_counter())
+                logger.info(
+                    "voice turn",
+                    extra={"pipeline": kind, "i": i, "e2e": row["e2e"], "ovh": row["overhead"]},
+                )
+        for i, (phrases, pause_pair) in enumerate(_pause_plan(cfg.pause_utterances)):
+            order = PIPELINES if i % 2 == 0 else PIPELINES[::-1]
+            for kind in order:
+                pauses.append(await pause_utterance(sessions[kind], phrases, pause_pair))
+                sessions[kind].trim_records(time.perf_counter())
+    finally:
+        health = await monitor.stop()
+        gc.unfreeze()
+        for session in sessions.values():
+            await session.aclose()
+    per = {k: _pipeline_summary([t for t in turns if t["pipeline"] == k]) for k in PIPELINES}
+    cut = {k: _cutoff_summary([r for r in pauses if r["pipeline"] == k]) for k in PIPELINES}
+    o, s = per["ours"], per["stock"]
+    ratios = {
+        f"{metric}_{q}": ratio(o[metric][q], s[metric][q])
+        for metric in ("e2e", "e2e_event", "overhead")
+        for q in ("p50", "p95")
+    }
+    goals = {
+        "overhead_p50_at_most_half_of_stock": (
+            None
+            if ratios["overhead_p50"] is None
+            else bool(o["overhead"]["p50"] <= 0.5 * s["overhead"]["p50"])
+        ),
+        "overhead_p95_below_50ms": (
+            None if o["overhead"]["p95"] is None else bool(o["overhead"]["p95"] < 0.05)
+        ),
+    }
+    return {
+        "part": "voice",
+        "config": {
+            "turns_per_pipeline": cfg.turns,
+            "pause_utterances_per_pipeline": cfg.pause_utterances,
+            "providers": script.__dict__,
+            "speech": "espeak-ng en-us 175 wpm, cut to its voiced span, fed at 48 kHz in real time",
+            "camera": "640x480 I420 at 15 fps in both rooms",
+            "order": "ours and stock alternate turn by turn (order flipped every turn)",
+            "warm_up": "one turn per pipeline before the measured ones (reported as first_turn)",
+            "gc": "gc.freeze() after the warm-up, as a prewarmed job process would do",
+            "definitions": {
+                "E": "last speech sample plays into the microphone track",
+                "e2e": "P - E: first audible agent frame at the room's recorder",
+                "e2e_event": "Q - E: agent_started_speaking",
+                "floor": "max(V - E, (L - E) + TTFT + gen1 + TTFB); L = F if the pipeline "
+                "requests at the final transcript (preemptive synthesis), else V",
+                "gen1": "time the LLM streams the reply's first sentence (first to last token)",
+                "overhead": "e2e - floor",
+                "cutoff": "agent audio starting between the first and the last phrase of an "
+                "utterance with pauses",
+            },
+            "stages": dict(STAGES),
+        },
+        "pipelines": per,
+        "first_turn": first,
+        "process_health": health,
+        "ratios_ours_over_stock": ratios,
+        "goals": goals,
+        "cutoffs": cut,
+        "turns": turns,
+        "pause_utterances": pauses,
+    }
+
+
+def table(result: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """(metric, ours, stock, ours/stock) rows."""
+    per, rat = result["pipelines"], result["ratios_ours_over_stock"]
+
+    def ms(x: float | None) -> str:
+        return "-" if x is None else f"{x * 1000:.0f} ms"
+
+    rows = []
+    for metric, label in (
+        ("e2e", "voice e2e (recorder)"),
+        ("e2e_event", "voice e2e (agent_started_speaking)"),
+        ("overhead", "voice-path overhead"),
+    ):
+        for q in ("p50", "p95"):
+            r = rat[f"{metric}_{q}"]
+            rows.append(
+                (
+                    f"{label} {q}",
+                    ms(per["ours"][metric][q]),
+                    ms(per["stock"][metric][q]),
+                    "-" if r is None else f"{r:.2f}",
+                )
+            )
+    cut = result["cutoffs"]
+    rows.append(
+        (
+            "false cut-offs (pauses 0.3-0.8 s)",
+            f"{cut['ours']['cutoffs']}/{cut['ours']['pauses']}",
+            f"{cut['stock']['cutoffs']}/{cut['stock']['pauses']}",
+            "",
+        )
+    )
+    return rows
+
+
+def draw(result: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colors = {"ours": "tab:blue", "stock": "tab:gray"}
+    fig, axes = plt.subplots(1, 3, figsize=(16, 5), gridspec_kw={"width_ratios": [1, 2, 1]})
+    ax = axes[0]
+    data = [
+        [t["e2e"] for t in result["turns"] if t["pipeline"] == k and t["e2e"] is not None]
+        for k in PIPELINES
+    ]
+    ax.boxplot(data, showfliers=True)
+    ax.set_xticks([1, 2], [f"{k}\n(n={len(d)})" for k, d in zip(PIPELINES, data, strict=True)])
+    ax.set_ylabel("seconds")
+    ax.set_title("end of speech -> first agent audio")
+
+    ax = axes[1]
+    seg_colors = {
+        "STT final": "tab:olive",
+        "wait for end of turn": "tab:red",
+        "request": "tab:purple",
+        "LLM TTFT": "tab:orange",
+        "1st sentence": "tab:green",
+        "rest of reply / segmenting": "tab:pink",
+        "TTS TTFB": "tab:cyan",
+        "to first audio": "tab:brown",
+    }
+    for row, kind in enumerate(PIPELINES):
+        st = {n: result["pipelines"][kind]["stages"][n]["p50"] for n, _ in STAGES}
+        if any(v is None for v in st.values()):
+            continue
+        lead = st["stt_final"] if kind == "ours" else st["end_of_turn"]
+        segs = [("STT final", 0.0, st["stt_final"])]
+        if kind != "ours":
+            segs.append(("wait for end of turn", st["stt_final"], st["end_of_turn"]))
+        segs += [
+            ("request", lead, st["llm_request"]),
+            ("LLM TTFT", st["llm_request"], st["first_token"]),
+            ("1st sentence", st["first_token"], st["first_sentence"]),
+            ("rest of reply / segmenting", st["first_sentence"], st["first_flush"]),
+            ("TTS TTFB", st["first_flush"], st["tts_audio"]),
+            ("to first audio", st["tts_audio"], st["first_audio"]),
+        ]
+        y = 1 - row
+        for name, a, b in segs:
+            ax.broken_barh([(a, max(b - a, 0.002))], (y - 0.3, 0.6), color=seg_colors[name])
+        ax.plot([st["end_of_turn"]] * 2, [y - 0.38, y + 0.38], "k-", linewidth=2)
+        floor = result["pipelines"][kind]["floor"]["p50"]
+        if floor is not None:
+            ax.plot([floor] * 2, [y - 0.38, y + 0.38], "k:", linewidth=2)
+        ax.text(st["first_audio"] + 0.01, y, f"{st['first_audio']:.2f} s", va="center")
+    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in seg_colors.values()]
+    ax.legend(handles, list(seg_colors), fontsize=7, loc="upper right", ncol=2)
+    ax.set_yticks([1, 0], list(PIPELINES))
+    ax.set_ylim(-0.6, 2.0)
+    ax.set_xlabel(
+        "seconds after end of speech (p50); solid line: end-of-turn decision; dotted: floor"
+    )
+    ax.set_title("critical path of a reply")
+
+    ax = axes[2]
+    keys = list(result["cutoffs"]["ours"]["by_pause"])
+    xs = np.arange(len(keys))
+    for off, kind in ((-0.2, "ours"), (0.2, "stock")):
+        by = result["cutoffs"][kind]["by_pause"]
+        ax.bar(xs + off, [by[k]["cutoffs"] for k in keys], 0.4, color=colors[kind], label=kind)
+    ax.set_xticks(xs, [f"{k} s" for k in keys])
+    ax.set_xlabel("pause length")
+    ax.set_ylabel("false cut-offs")
+    ax.set_title("replies started inside an utterance")
+    ax.legend()
+    fig.suptitle("voice: ours (worker.wiring) vs stock VoicePipelineAgent 0.12.21")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,133 @@
+"""CI sanity run of the benchmarks: ``python -m bench all --quick --json ...``.
+
+No speed thresholds (speed belongs in the benchmark's own report): this checks that every part
+ran both pipelines, produced sane numbers and wrote its chart, and that the table was printed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+PARTS = ("voice", "tools", "capacity", "memory", "startup")
+PIPELINES = ("ours", "stock")
+
+
+def _positive(x: Any) -> bool:
+    return isinstance(x, int | float) and math.isfinite(x) and x > 0
+
+
+def _summary_ok(summary: dict[str, Any]) -> bool:
+    return (
+        summary["n"] > 0
+        and _positive(summary["p50"])
+        and _positive(summary["p95"])
+        and summary["min"] <= summary["p50"] <= summary["p95"] <= summary["max"]
+    )
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    out = tmp_path_factory.mktemp("bench")
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "all",
+            "--quick",
+            "--json",
+            str(out / "all.json"),
+            "--out-dir",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=280,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    data: dict[str, Any] = json.loads((out / "all.json").read_text())
+    data["_out"] = out
+    data["_stdout"] = done.stdout
+    return data
+
+
+@pytest.mark.timeout(300)
+def test_every_part_ran_with_its_chart_and_table(report: dict[str, Any]) -> None:
+    assert report["quick"] is True
+    assert set(report["parts"]) == set(PARTS)
+    machine = report["machine"]
+    assert machine["cpu_cores"] >= 1
+    assert machine["python"].startswith("3.")
+    assert machine["versions"]["livekit-agents"] == "0.12.21"
+    for part in PARTS:
+        assert (report["_out"] / f"{part}.png").stat().st_size > 1000
+        assert json.loads((report["_out"] / f"{part}.json").read_text())["part"] == part
+    table = report["_stdout"]
+    headings = ("| metric", "ours/stock", "voice e2e", "tools", "capacity", "memory", "startup")
+    for heading in headings:
+        assert heading in table
+
+
+@pytest.mark.timeout(300)
+def test_voice_measured_both_pipelines(report: dict[str, Any]) -> None:
+    voice = report["parts"]["voice"]
+    for kind in PIPELINES:
+        per = voice["pipelines"][kind]
+        assert per["missing"] == 0
+        assert _summary_ok(per["e2e"])
+        assert _summary_ok(per["floor"])
+        assert per["overhead"]["n"] == per["turns"] > 0
+        stages = per["stages"]
+        # the timeline is ordered: final transcript, request, flush, TTS audio, recorder
+        assert (
+            stages["stt_final"]["p50"]
+            < stages["llm_request"]["p50"]
+            < stages["first_flush"]["p50"]
+            < stages["tts_audio"]["p50"]
+            <= stages["first_audio"]["p50"]
+        )
+        assert voice["cutoffs"][kind]["pauses"] > 0
+    assert voice["ratios_ours_over_stock"]["e2e_p50"] is not None
+
+
+@pytest.mark.timeout(300)
+def test_tools_capacity_memory_startup_fields(report: dict[str, Any]) -> None:
+    parts = report["parts"]
+    tools = parts["tools"]
+    for kind in PIPELINES:
+        for n in tools["config"]["counts"]:
+            row = tools["pipelines"][kind][str(n)]
+            assert _summary_ok(row["tool_phase"])
+            assert _summary_ok(row["answer_start"])
+            assert row["tools_finished"]["p50"] == n
+    capacity = parts["capacity"]
+    kinds = {r["kind"] for r in capacity["runs"]}
+    assert kinds == {"ours", "stock", "none"}
+    for r in capacity["runs"]:
+        assert _positive(r["cpu_percent_per_session"]["mean"])
+        assert _positive(r["uss_mb_per_session"]["mean"])
+        assert isinstance(r["real_time"], bool)
+        if r["kind"] != "none":
+            assert r["turns"] > 0
+    memory = parts["memory"]
+    for kind in PIPELINES:
+        per = memory["pipelines"][kind]
+        assert per["failed_turns"] == 0
+        assert len(per["samples"]) >= 2
+        assert all(_positive(s["rss_mb"]) and s["context_tokens"] > 0 for s in per["samples"])
+    ours_end = memory["pipelines"]["ours"]["end"]
+    assert ours_end["images"] >= 1  # media reached the context
+    assert ours_end["audio"] >= 1
+    startup = parts["startup"]
+    for kind in PIPELINES:
+        per = startup["pipelines"][kind]
+        assert _summary_ok(per["listening"])
+        assert _summary_ok(per["milestones"]["track_published"])

@@ -203,6 +203,10 @@ async def test_worker_registers_takes_a_job_reports_and_drains(
     server: LoopbackLiveKitServer, keys: Keys, tmp_path: Path
 ) -> None:
     # Generous bounds: the machine is shared; nothing here asserts speed.
+    # The job's room connection is held open without an answer, so the job runs (connecting,
+    # ~20 s before the SDK gives up) while the steps below look at a worker with a running job.
+    # (Refused at once, the job would end at once: a failed job frees its slot.)
+    server.held_rooms.add("room-1")
     port = free_port()
     async with run_worker(worker_env(server, keys, port), tmp_path, port) as worker:
         # 1. Registration, authenticated with a JWT carrying the agent grant.

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import secrets
 import sys
 from collections.abc import AsyncIterator
@@ -14,21 +13,10 @@ import jwt
 import pytest
 
 from tests.loopback.livekit_server import LoopbackLiveKitServer
+from tests.project_env import clean_environ
 
 REPO = Path(__file__).resolve().parent.parent
 AGENT_NAME = "cli-tester"
-PROJECT_VARS = (
-    "LIVEKIT_",
-    "AGENT_",
-    "DEEPGRAM_",
-    "OPENAI_",
-    "LLM_",
-    "STT_",
-    "TTS_",
-    "METRICS_",
-    "MAX_JOBS",
-    "WORKER_PORT",
-)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -45,7 +33,7 @@ class Result:
 
 async def run_cli(args: list[str], env: dict[str, str], cwd: Path) -> Result:
     """Run ``python -m worker ARGS`` in ``cwd`` (an empty directory: no stray .env file)."""
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith(PROJECT_VARS)}
+    full_env = clean_environ()
     full_env.update(env, PYTHONPATH=str(REPO))
     proc = await asyncio.create_subprocess_exec(
         sys.executable,

@@ -29,6 +29,7 @@ from PIL import Image
 
 from plugins.silero_vad import VAD
 from tests.loopback.openai_server import OpenAIServer, Reply
+from tests.project_env import PROJECT_VARS, clean_environ
 from tests.speech import resample, silence, speak, write_wav
 from worker import talk
 from worker.cli import main
@@ -36,18 +37,6 @@ from worker.config import ConfigError
 from worker.local_llm import LOCAL_MODEL_NAME
 
 REPO = Path(__file__).resolve().parent.parent
-PROJECT_VARS = (
-    "LIVEKIT_",
-    "AGENT_",
-    "DEEPGRAM_",
-    "OPENAI_",
-    "LLM_",
-    "STT_",
-    "TTS_",
-    "METRICS_",
-    "MAX_JOBS",
-    "WORKER_PORT",
-)
 QUESTION = "What is the capital of France?"
 
 pytestmark = pytest.mark.timeout(120)
@@ -119,7 +108,7 @@ def _offline_ready() -> bool:
 async def test_offline_talk_as_a_newcomer_runs_it(tmp_path: Path) -> None:
     """No keys: Whisper hears a 44.1 kHz stereo question, SmolLM2 answers, Piper speaks."""
     question_wav(tmp_path / "question.wav", rate=44100, channels=2)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(PROJECT_VARS)}
+    env = clean_environ()
     env.update(PYTHONPATH=str(REPO), AGENT_INSTRUCTIONS="Answer in one short sentence.")
     args = ["question.wav", "--fast", "--reply-timeout", "30"]
     args += ["--metrics", "metrics.jsonl", "--transcript", "transcript.txt", "--out", "reply.wav"]
@@ -281,7 +270,7 @@ def test_every_problem_is_reported_at_once(
 
 
 def test_bad_input_in_a_real_process_has_no_traceback(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(PROJECT_VARS)}
+    env = clean_environ()
     env.update(PYTHONPATH=str(REPO), TTS_PROVIDER="deepgram")
     proc = subprocess.run(
         [sys.executable, "-m", "worker", "talk", "nothing.wav", "--out", "no/such/dir/r.wav"],

@@ -26,22 +26,10 @@ import pytest
 from livekit.protocol import agent
 
 from tests.loopback.livekit_server import LoopbackLiveKitServer, make_job
+from tests.project_env import clean_environ
 
 REPO = Path(__file__).resolve().parent.parent
 AGENT_NAME = "loopback-tester"
-# Variables of ours or the framework's that must not leak in from the developer's shell.
-PROJECT_VARS = (
-    "LIVEKIT_",
-    "AGENT_",
-    "DEEPGRAM_",
-    "OPENAI_",
-    "LLM_",
-    "STT_",
-    "TTS_",
-    "METRICS_",
-    "MAX_JOBS",
-    "WORKER_PORT",
-)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -141,7 +129,7 @@ class WorkerProcess:
 
 
 def worker_env(server: LoopbackLiveKitServer, keys: Keys, health_port: int) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(PROJECT_VARS)}
+    env = clean_environ()
     env.update(server.client_env())
     env.update(
         AGENT_NAME=AGENT_NAME,

@@ -241,6 +241,20 @@ def test_segmenter_waits_for_the_next_word_and_normalises_whitespace():
     assert segmenter.segments_emitted == 3
 
 
+def test_the_first_sentence_goes_out_at_its_mark_unless_it_may_go_on():
+    segmenter = TextSegmenter()
+    assert segmenter.push("The weather looks good.") == ["The weather looks good."]
+    assert segmenter.push(" It is") == []  # later sentences still wait for the next one
+    # An abbreviation, an initial or a digit before the period may be mid-sentence.
+    for head in ("Ask Dr.", "Ask John F.", "It costs 3."):
+        segmenter = TextSegmenter()
+        assert segmenter.push(head) == [], head
+    waiting = TextSegmenter(SegmenterOptions(first_cut_at_sentence_mark=False))
+    assert waiting.push("The weather looks good.") == []
+    assert waiting.push(" It") == ["The weather looks good."]
+    assert TextSegmenter().push("Yes.") == []  # shorter than first_min_chars: merged
+
+
 async def test_non_streaming_tts_is_rejected(server):
     async with aiohttp.ClientSession() as http:
         rest = deepgram.TTS(

@@ -46,6 +46,11 @@ from .provider_errors import ProviderError
 logger = logging.getLogger("worker.tts_segmenter")
 
 _WHITESPACE = re.compile(r"\s+")
+_SENTENCE_MARKS = (".", "!", "?")
+_NOT_A_SENTENCE_END = re.compile(
+    r"(?:\b(?:Mr|Mrs|Ms|Dr|St|Prof|Sr|Jr|vs|etc|e\.g|i\.e)|\b[A-Za-z]|\d)\.$"
+)
+"""A period after an abbreviation, an initial or a digit ("Dr.", "U.", "3." of "3.5")."""
 
 
 @dataclass(frozen=True)
@@ -59,6 +64,11 @@ class SegmenterOptions:
     clause_marks: str = ",;:"
     min_sentence_len: int = 20
     """Later segments: the framework's default minimum (shorter sentences are merged)."""
+    first_cut_at_sentence_mark: bool = True
+    """The first segment ends as soon as a sentence mark arrives (unless it follows an
+    abbreviation, an initial or a digit) instead of when the next word begins: one token less
+    to wait for before the TTS starts (20 ms at 50 tokens/s; bench/voice.py measured the
+    voice-path overhead p95 going from 49 to 27 ms)."""
 
 
 class TextSegmenter:
@@ -66,8 +76,9 @@ class TextSegmenter:
 
     A sentence is complete once the next one has begun (the framework's rule, see
     ``tokenize.token_stream.BufferedTokenStream``); a clause mark counts once the next word has
-    begun. The first segment uses ``first_min_chars`` and may end at a clause mark; later ones
-    are whole sentences of at least ``min_sentence_len`` characters.
+    begun. The first segment uses ``first_min_chars``, may end at a clause mark, and (with
+    ``first_cut_at_sentence_mark``) ends at its sentence mark right away; later ones are whole
+    sentences of at least ``min_sentence_len`` characters.
     """
 
     def __init__(self, options: SegmenterOptions | None = None) -> None:
@@ -115,6 +126,8 @@ class TextSegmenter:
             clause_end = self._clause_end(limit=end)
             if clause_end is not None:
                 end = clause_end
+            elif end is None and self._opts.first_cut_at_sentence_mark:
+                end = self._first_sentence_end()
         if not end:
             return None
         segment = self._buf[:end].strip()
@@ -123,6 +136,18 @@ class TextSegmenter:
             return None
         self._emitted += 1
         return segment
+
+    def _first_sentence_end(self) -> int | None:
+        """The buffer (one sentence so far) ends the first segment if it ends with a sentence
+        mark that is not an abbreviation's, an initial's or a number's."""
+        buf = self._buf.rstrip()
+        if (
+            buf.endswith(_SENTENCE_MARKS)
+            and len(buf) >= self._opts.first_min_chars
+            and not _NOT_A_SENTENCE_END.search(buf)
+        ):
+            return len(buf)
+        return None
 
     def _clause_end(self, *, limit: int | None) -> int | None:
         if self._clause is None or self._opts.first_clause_min_words <= 0:

@@ -487,8 +487,11 @@ def draw(result: dict[str, Any], path: Path) -> None:
     for off, kind in ((-0.2, "ours"), (0.2, "stock")):
         by = result["cutoffs"][kind]["by_pause"]
         ax.bar(xs + off, [by[k]["cutoffs"] for k in keys], 0.4, color=colors[kind], label=kind)
+    for i, k in enumerate(keys):
+        n = result["cutoffs"]["ours"]["by_pause"][k]["pauses"]
+        ax.text(i, 0.05, f"of {n}", ha="center", fontsize=7)
     ax.set_xticks(xs, [f"{k} s" for k in keys])
-    ax.set_xlabel("pause length")
+    ax.set_xlabel("mid-utterance pause")
     ax.set_ylabel("false cut-offs")
     ax.set_title("replies started inside an utterance")
     ax.legend()

@@ -2,7 +2,8 @@
 
 Runs each part beside its baseline (stock livekit-agents 0.12.21 VoicePipelineAgent) in one
 run, writes ``<out-dir>/<part>.json`` and ``<out-dir>/<part>.png`` and prints a table.
-``--json`` also writes every part's result (and the machine) into one file. Without
+``--json`` also writes every part's result (and the machine) into one file, whose table
+``--table-from FILE`` prints again. Without
 ``--out-dir``, full runs write to docs/bench/ and ``--quick`` runs to artifacts/bench-quick/.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
+import json
 import logging
 import os
 import sys
@@ -67,8 +69,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a CI sanity run (< 2 minutes)")
     parser.add_argument("--json", type=Path, help="also write all results into this file")
     parser.add_argument("--out-dir", type=Path, help="where <part>.json and <part>.png go")
+    parser.add_argument("--table-from", type=Path, help="print the table of a saved --json report")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
+    if args.table_from is not None:
+        print(format_table(json.loads(args.table_from.read_text())["parts"]))
+        return 0
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",

@@ -5,8 +5,9 @@ in-process room: a participant whose 48 kHz microphone is fed speech in real tim
 every ``period`` seconds, otherwise the live source's silence) and whose 640x480 camera sends
 15 frames per second, and one agent (``ours``: worker.wiring.build_session; ``stock``: the
 stock VoicePipelineAgent; ``none``: no agent, to price the driver itself). The providers run
-in a process of their own (remote in production). Processes are started once (imports and
-the VAD loaded, like prewarmed job processes) and reused across runs.
+in a process of their own (remote in production). Processes are started once and prewarmed
+like job processes (ours: ``worker.entrypoint.prewarm``; stock: its Silero VAD loaded), then
+reused across runs.
 
 For each K, K processes run a session for ``seconds`` at once (turns staggered). Reported per
 K: CPU per session (process CPU time / wall, % of one core), RSS and USS per session, the
@@ -79,15 +80,24 @@ class _WarningCounter(logging.Handler):
         super().__init__(level=logging.WARNING)
         self.vad_lag = 0
         self.by_logger: dict[str, int] = {}
+        self.first: dict[str, str] = {}
 
     def emit(self, record: logging.LogRecord) -> None:
-        if "slower than realtime" in record.getMessage():
+        message = record.getMessage()
+        if "slower than realtime" in message:
             self.vad_lag += 1
         self.by_logger[record.name] = self.by_logger.get(record.name, 0) + 1
+        self.first.setdefault(record.name, message[:200])
+
+    def reset(self) -> None:
+        self.vad_lag = 0
+        self.by_logger.clear()
+        self.first.clear()
 
 
 async def _run_session(
     kind: Kind,
+    vad: Any,
     endpoints: dict[str, str],
     seconds: float,
     offset: float,
@@ -127,11 +137,10 @@ async def _run_session(
         )
         camera.start()
     else:
-        session = await open_session(kind, SCRIPT, SessionOptions(), endpoints=endpoints)
+        session = await open_session(kind, SCRIPT, SessionOptions(vad=vad), endpoints=endpoints)
         mic = session.mic
     await asyncio.sleep(2.0)  # warm-up: streams open, first inferences done
-    warnings.vad_lag = 0
-    warnings.by_logger.clear()
+    warnings.reset()
     monitor = LoopMonitor()
     monitor.start()
     cpu0 = proc.cpu_times()
@@ -190,18 +199,44 @@ async def _run_session(
         "turns": turns,
         "vad_lag_warnings": warnings.vad_lag,
         "warnings": dict(warnings.by_logger),
+        "warning_examples": dict(warnings.first),
         **health,
     }
 
 
+def _prewarm(kind: Kind, endpoints: dict[str, str]) -> Any:
+    """What each pipeline's job process does before a job: ours runs the worker's prewarm
+    (settings, VAD, SDK modules, gc.freeze); stock loads the stock Silero VAD."""
+    if kind == "ours":
+        from livekit.agents import JobProcess
+
+        import worker.entrypoint
+
+        os.environ.update(
+            {
+                **endpoints,
+                "LIVEKIT_URL": "ws://127.0.0.1:7880",
+                "LIVEKIT_API_KEY": "devkey",
+                "LIVEKIT_API_SECRET": "bench-secret-0123456789abcdef0123456789",
+            }
+        )
+        proc = JobProcess()
+        worker.entrypoint.prewarm(proc)
+        return proc.userdata["vad"]
+    if kind == "stock":
+        from livekit.plugins import silero
+
+        return silero.VAD.load()
+    return None
+
+
 async def _child(kind: Kind, endpoints: dict[str, str]) -> None:
-    from .harness import shared_vad, voiced_clip
+    from .harness import voiced_clip
     from .voice import TURNS
 
     warnings = _WarningCounter()
     logging.getLogger().addHandler(warnings)
-    if kind != "none":
-        shared_vad(kind)  # prewarm
+    vad = _prewarm(kind, endpoints)
     for turn in TURNS:
         voiced_clip(turn.utterance)
     loop = asyncio.get_running_loop()
@@ -214,7 +249,7 @@ async def _child(kind: Kind, endpoints: dict[str, str]) -> None:
         if cmd["cmd"] == "exit":
             return
         result = await _run_session(
-            kind, endpoints, cmd["seconds"], cmd["offset"], cmd["period"], warnings
+            kind, vad, endpoints, cmd["seconds"], cmd["offset"], cmd["period"], warnings
         )
         print(json.dumps(result), flush=True)
 
@@ -370,7 +405,10 @@ async def _run_k(
                 "vad_lag_warnings": sum(r["vad_lag_warnings"] for r in mine),
                 "loop_lag_ms_p99_max": max((r["loop_lag_ms"]["p99"] for r in mine), default=None),
                 "loop_lag_ms_max": max((r["loop_lag_ms"]["max"] for r in mine), default=None),
+                "gc_max_pause_ms": max((r["gc_max_pause_ms"] or 0.0 for r in mine), default=None),
+                "gc_full_collections": sum(r["gc_full_collections"] for r in mine),
                 "warnings": _merge_counts(r["warnings"] for r in mine),
+                "warning_examples": _merge_first(r["warning_examples"] for r in mine),
                 "failed_sessions": len(failed),
                 "failures": failed[:3],
             }
@@ -386,6 +424,14 @@ def _progress(row: dict[str, Any]) -> None:
         file=sys.stderr,
         flush=True,
     )
+
+
+def _merge_first(dicts: Any) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for d in dicts:
+        for key, message in d.items():
+            out.setdefault(key, message)
+    return out
 
 
 def _merge_counts(dicts: Any) -> dict[str, int]:

@@ -121,16 +121,25 @@ async def _child(
 def _growth(samples: list[dict[str, Any]], key: str, warmup_turn: int) -> dict[str, Any]:
     after = [s for s in samples if s["turn"] >= warmup_turn]
     if len(after) < 2:
-        return {"after_warmup": None, "end": None, "growth": None, "per_100_turns": None}
+        return {
+            "after_warmup": None,
+            "end": None,
+            "growth": None,
+            "growth_second_half": None,
+            "per_100_turns": None,
+        }
     first = float(np.median([s[key] for s in after[:3]]))
     last = float(np.median([s[key] for s in after[-3:]]))
     xs = np.array([s["turn"] for s in after], dtype=float)
     ys = np.array([s[key] for s in after], dtype=float)
     slope = float(np.polyfit(xs, ys, 1)[0]) * 100 if len(after) >= 3 else None
+    half = after[len(after) // 2 :]
+    mid = float(np.median([s[key] for s in half[:3]]))
     return {
         "after_warmup": round(first, 2),
         "end": round(last, 2),
         "growth": round(last - first, 2),
+        "growth_second_half": round(last - mid, 2),
         "per_100_turns": None if slope is None else round(slope, 3),
     }
 
@@ -204,7 +213,8 @@ async def run(quick: bool = False) -> dict[str, Any]:
             },
             "equivalent": "720 turns = 2 hours at one exchange every 10 s",
             "rss": "after gc.collect(), the session's own process (providers elsewhere)",
-            "growth": "median of the last 3 samples - median of the 3 after the warm-up",
+            "growth": "median of the last 3 samples - median of the 3 after the warm-up "
+            "(growth_second_half: - median of the 3 at the middle of the post-warm-up samples)",
         },
         "wall_seconds": round(wall, 1),
         "pipelines": per,

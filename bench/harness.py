@@ -47,7 +47,7 @@ from tests.loopback.deepgram_server import DeepgramLoopback, ListenOptions, Spea
 from tests.loopback.openai_server import OpenAIServer, Reply, tokens
 from tests.speech import speak
 from worker.config import Settings, load_settings
-from worker.conversation import ConversationOptions, close_pipeline_agent
+from worker.conversation import close_pipeline_agent
 from worker.local_room import (
     AudioRecorder,
     LocalRoom,
@@ -708,7 +708,7 @@ class SessionOptions:
     vad: vad.VAD | None = None
     """None: the pipeline's usual VAD (:func:`shared_vad`)."""
     min_endpointing_delay: float | None = None
-    """None: the pipeline's default (both 0.5 s)."""
+    """None: the pipeline's default (ours: END_OF_TURN_DELAY_MS, 0.8 s; stock: 0.5 s)."""
 
 
 async def open_session(
@@ -741,23 +741,12 @@ async def open_session(
     http = aiohttp.ClientSession()
     close: Callable[[], Awaitable[None]]
     if kind == "ours":
-        settings = load_settings(
-            {**endpoints, **({"AGENT_TOOLS": opts.tools} if opts.tools else {}), **opts.env},
-            dotenv=None,
-        )
-        conv_opts = None
+        env = {**endpoints, **({"AGENT_TOOLS": opts.tools} if opts.tools else {}), **opts.env}
         if opts.min_endpointing_delay is not None:
-            conv_opts = ConversationOptions(
-                instructions=settings.instructions,
-                min_endpointing_delay=opts.min_endpointing_delay,
-            )
+            env["END_OF_TURN_DELAY_MS"] = str(round(opts.min_endpointing_delay * 1000))
+        settings = load_settings(env, dotenv=None)
         parts = build_session(
-            as_rtc_room(room),
-            user.identity,
-            settings,
-            vad=vad_,
-            http_session=http,
-            options=conv_opts,
+            as_rtc_room(room), user.identity, settings, vad=vad_, http_session=http
         )
         await parts.start()
         agent = parts.conversation.agent

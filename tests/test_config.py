@@ -57,6 +57,7 @@ def test_a_complete_environment_parses() -> None:
             "OPENAI_BASE_URL": "http://127.0.0.1:8000/v1/",
             "AGENT_TOOLS": "my_pkg.tools:Weather",
             "METRICS_TOPIC": "lk.metrics",
+            "END_OF_TURN_DELAY_MS": "500",
         },
         needs=ALL_NEEDS,
     )
@@ -67,6 +68,7 @@ def test_a_complete_environment_parses() -> None:
     assert s.openai_base_url == "http://127.0.0.1:8000/v1"
     assert s.tools == "my_pkg.tools:Weather"
     assert s.metrics_topic == "lk.metrics"
+    assert s.end_of_turn_delay_ms == 500
 
 
 def test_defaults_without_any_variable() -> None:
@@ -75,6 +77,8 @@ def test_defaults_without_any_variable() -> None:
     assert s.llm_audio_input == "auto"
     assert (s.stt_provider, s.tts_provider) == ("deepgram", "deepgram")
     assert s.secrets() == []
+    assert s.end_of_turn_delay_ms == 800
+    assert load({"STT_PROVIDER": "whisper"}).end_of_turn_delay_ms == 0
 
 
 def test_every_malformed_variable_is_named_at_once() -> None:
@@ -91,6 +95,7 @@ def test_every_malformed_variable_is_named_at_once() -> None:
         "TTS_PROVIDER": "espeak",
         "MAX_JOBS": "0",
         "WORKER_PORT": "http",
+        "END_OF_TURN_DELAY_MS": "-1",
     }
     found = problems(bad, needs=ALL_NEEDS)
     # Each malformed variable exactly once, plus the keys the needs ask for.

@@ -64,6 +64,11 @@ class ConfigError(Exception):
         self.problems = problems
 
 
+END_OF_TURN_DELAY_MS = 800
+"""Default END_OF_TURN_DELAY_MS with Deepgram STT (see ConversationOptions.min_endpointing_delay);
+0 with Whisper."""
+
+
 @dataclass(frozen=True)
 class Settings:
     livekit_url: str = "ws://localhost:7880"
@@ -93,6 +98,7 @@ class Settings:
     metrics_destinations: tuple[str, ...] = ()  # empty: everyone in the room
     max_jobs: int = 25
     worker_port: int = 8081
+    end_of_turn_delay_ms: int = END_OF_TURN_DELAY_MS
 
     def secrets(self) -> list[str]:
         """The secret values in force (for redaction filters and tests)."""
@@ -253,6 +259,9 @@ class _Parser:
         if tools and not _TOOLS_RE.match(tools):
             self._problem("AGENT_TOOLS", "must look like package.module:ClassName")
             tools = ""
+        stt_provider: SttProvider = self._choice(  # type: ignore[assignment]
+            "STT_PROVIDER", d.stt_provider, ("deepgram", "whisper")
+        )
         settings = Settings(
             livekit_url=self._url("LIVEKIT_URL", d.livekit_url, ("ws", "wss", "http", "https")),
             livekit_api_key=self._secret("LIVEKIT_API_KEY"),
@@ -278,9 +287,7 @@ class _Parser:
             llm_fallback_base_url=self._url("LLM_FALLBACK_BASE_URL", "", ("http", "https")),
             llm_fallback_model=self._get("LLM_FALLBACK_MODEL") or "",
             llm_fallback_api_key=self._secret("LLM_FALLBACK_API_KEY"),
-            stt_provider=self._choice(  # type: ignore[arg-type]
-                "STT_PROVIDER", d.stt_provider, ("deepgram", "whisper")
-            ),
+            stt_provider=stt_provider,
             tts_provider=self._choice(  # type: ignore[arg-type]
                 "TTS_PROVIDER", d.tts_provider, ("deepgram", "piper")
             ),
@@ -288,6 +295,14 @@ class _Parser:
             metrics_destinations=self._identities("METRICS_DESTINATIONS"),
             max_jobs=self._int("MAX_JOBS", d.max_jobs, 1, 1000),
             worker_port=self._int("WORKER_PORT", d.worker_port, 0, 65535),
+            end_of_turn_delay_ms=self._int(
+                "END_OF_TURN_DELAY_MS",
+                # Whisper's transcript comes after the VAD's end of speech (it transcribes the
+                # segment the VAD closed): the VAD's silence already decided the turn.
+                d.end_of_turn_delay_ms if stt_provider == "deepgram" else 0,
+                0,
+                5000,
+            ),
         )
         self._check_fallback(settings)
         self._check_needs(settings, needs)

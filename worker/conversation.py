@@ -34,6 +34,7 @@ from livekit.agents.types import AgentState
 
 from .audio_capture import TappedVAD, UtteranceAudio, UtteranceAudioOptions
 from .builtin_tools import BuiltinTools
+from .config import END_OF_TURN_DELAY_MS
 from .context import ContextLimits, trim_chat_context
 from .tool_loading import merge_tools
 from .tool_runner import ToolRoundsStream, ToolRunnerOptions, ToolRunningLLM
@@ -50,8 +51,16 @@ class ConversationOptions:
     images: ImageOptions = field(default_factory=ImageOptions)
     audio: UtteranceAudioOptions = field(default_factory=UtteranceAudioOptions)
     tools: ToolRunnerOptions = field(default_factory=ToolRunnerOptions)
-    min_endpointing_delay: float = 0.5
-    """Seconds of silence (counted from the final transcript or VAD end) before replying."""
+    min_endpointing_delay: float = END_OF_TURN_DELAY_MS / 1000
+    """0.12's end-of-turn rule: the reply plays once the VAD has ended the user's speech and
+    this long has passed since their last final transcript (since the VAD's end of speech if
+    the transcript came later), 3/4 of it when the transcript ends a sentence (. ! ?).
+
+    The reply is prepared from the final transcript meanwhile, so with providers that take
+    ~0.75 s anyway, 0.8 s costs no latency after a finished sentence (0.6 s after the final
+    transcript, ~0.77 s after the speech) while a final transcript cut at a mid-sentence pause
+    waits 0.8 s for the user to go on: bench/voice.py counts 0 false cut-offs on 0.3-0.8 s
+    pauses against stock's 5 (its 0.5 s expires before the VAD's 0.55 s silence window)."""
     allow_interruptions: bool = True
     rejoin_timeout: float = 0.0
     """How long to wait for the participant to come back before the conversation ends."""
@@ -116,6 +125,7 @@ class Conversation:
         self._accounting: set[asyncio.Task[None]] = set()  # one per reply that started playing
         self._reported: set[str] = set()  # speech ids whose reply was reported finished
         self._last_user_text: str | None = None
+        self._agent_audible = False  # between agent_started_speaking and agent_stopped_speaking
         self.chat_ctx = llm.ChatContext().append(role="system", text=options.instructions)
         self.agent = VoicePipelineAgent(
             vad=TappedVAD(vad, on_frame=self._audio.push, on_event=self._on_vad_event),
@@ -240,6 +250,13 @@ class Conversation:
 
     def _on_vad_event(self, ev: vad.VADEvent) -> None:
         self._audio.on_vad_event(ev)
+        if ev.type == vad.VADEventType.START_OF_SPEECH and not self._agent_audible:
+            withdrawn = withdraw_unplayed_replies(self.agent, may_withdraw=_ran_no_tools)
+            if withdrawn:
+                logger.info(
+                    "user spoke again before the reply's first sound: reply withdrawn",
+                    extra={"speech_ids": withdrawn},
+                )
         if ev.type == vad.VADEventType.END_OF_SPEECH and self._observer is not None:
             self._observer.on_user_stopped_speaking(time.perf_counter() - ev.silence_duration)
         if ev.type != vad.VADEventType.END_OF_SPEECH and self._audio.in_utterance:
@@ -322,6 +339,7 @@ class Conversation:
             )
 
     def _on_agent_started_speaking(self, *_: Any) -> None:
+        self._agent_audible = True
         if self._observer is not None:
             self._observer.on_first_audio(time.perf_counter())
         speech = playing_speech(self.agent)
@@ -350,6 +368,7 @@ class Conversation:
         self._reported.discard(speech.id)
 
     def _on_agent_stopped_speaking(self, *_: Any) -> None:
+        self._agent_audible = False
         if self._ending:
             self._finish("end_call")
 
@@ -444,6 +463,38 @@ def reply_pending(agent: VoicePipelineAgent) -> bool:
     return agent._pending_agent_reply is not None and agent._playing_speech is None
 
 
+def withdraw_unplayed_replies(
+    agent: VoicePipelineAgent, *, may_withdraw: Callable[[SpeechHandle], bool]
+) -> list[str]:
+    """Take back the replies confirmed for playout that have not made a sound yet (call it only
+    while the agent is silent), because the user spoke again: a pause the VAD took for the end
+    of the turn. Returns their ids.
+
+    0.12 would play them and leave the user to barge in (0.5 s of speech later, the reply
+    already audible). Nothing of theirs was committed (0.12 commits the user's question once a
+    reply played), so the user's words so far stay in the transcript and the reply is requested
+    again from them at once: the next final transcript replaces it with a fuller one, and if
+    none comes (a cough), the next end of speech confirms it after the usual endpointing delay
+    rather than 0.12's 5 s wait for a transcript."""
+    withdrawn = [
+        speech
+        for speech in agent._speech_q
+        if speech.is_reply
+        and speech.allow_interruptions
+        and not speech.interrupted
+        and may_withdraw(speech)
+    ]
+    if not withdrawn:
+        return []
+    for speech in withdrawn:
+        speech.interrupt()
+    if agent._pending_agent_reply is None and agent._transcribed_text.strip():
+        agent._synthesize_agent_reply()
+        # the transcript the withdrawn reply was confirmed on counts again for the next decision
+        agent._deferred_validation._last_final_transcript = withdrawn[-1].user_question
+    return [speech.id for speech in withdrawn]
+
+
 async def settle_playout_queue(agent: VoicePipelineAgent) -> None:
     """Let the playing speech leave the queue if it is finishing, before ``agent.say()``.
 
@@ -516,6 +567,13 @@ async def close_pipeline_agent(agent: VoicePipelineAgent) -> None:
             await playout.aclose()
     for stream in streams:
         await stream.aclose()
+
+
+def _ran_no_tools(speech: SpeechHandle) -> bool:
+    """A reply whose tools started is kept: asking again would run them (and their side
+    effects) twice."""
+    stream = speech.source if speech.initialized else None
+    return not (isinstance(stream, ToolRoundsStream) and stream.tools_started)
 
 
 async def _stamp_first(source: AsyncIterable[str], stamp: Callable[[], None]) -> AsyncIterator[str]:

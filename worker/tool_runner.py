@@ -199,6 +199,11 @@ class ToolRoundsStream(llm.LLMStream):
         self.apologised = False
         """The LLM failed before any text: the apology was sent instead."""
 
+    @property
+    def tools_started(self) -> bool:
+        """A tool of this reply has started (it may have effects outside the conversation)."""
+        return self.rounds > 0 or bool(self._running)
+
     async def _metrics_monitor_task(self, event_aiter: AsyncIterable[llm.ChatChunk]) -> None:
         # Each round's inner stream reports its own LLMMetrics (forwarded by the runner), so
         # this stream must not add a second, merged one per reply.

@@ -88,7 +88,11 @@ class SessionParts:
 
 
 def conversation_options(settings: Settings) -> ConversationOptions:
-    return ConversationOptions(instructions=settings.instructions, greeting=settings.greeting)
+    return ConversationOptions(
+        instructions=settings.instructions,
+        greeting=settings.greeting,
+        min_endpointing_delay=settings.end_of_turn_delay_ms / 1000,
+    )
 
 
 def build_session(

@@ -11,14 +11,13 @@ soon as the final transcript arrives, before the VAD has decided that speech end
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from livekit import rtc
-from livekit.agents import llm, utils, vad
+from livekit.agents import llm, vad
 
 
 @dataclass(frozen=True)
@@ -97,29 +96,35 @@ class TappedVAD(vad.VAD):
 
 
 class _TappedStream(vad.VADStream):
+    """Input goes straight to the inner stream (no channel hop and task wake-up per 10 ms
+    frame); the inner stream's events are shown to the tap and passed on."""
+
     def __init__(self, tapped: TappedVAD, inner: vad.VADStream) -> None:
         self._tapped = tapped
         self._inner = inner
         super().__init__(tapped)
 
-    async def _main_task(self) -> None:
-        async def forward_input() -> None:
-            async for item in self._input_ch:
-                if isinstance(item, rtc.AudioFrame):
-                    self._tapped._on_frame(item)
-                    self._inner.push_frame(item)
-                else:
-                    self._inner.flush()
-            self._inner.end_input()
+    def push_frame(self, frame: rtc.AudioFrame) -> None:
+        self._check_input_not_ended()
+        self._check_not_closed()
+        self._tapped._on_frame(frame)
+        self._inner.push_frame(frame)
 
-        async def forward_events() -> None:
+    def flush(self) -> None:
+        self._check_input_not_ended()
+        self._check_not_closed()
+        self._inner.flush()
+
+    def end_input(self) -> None:
+        self._check_input_not_ended()
+        self._check_not_closed()
+        self._input_ch.close()
+        self._inner.end_input()
+
+    async def _main_task(self) -> None:
+        try:
             async for ev in self._inner:
                 self._tapped._on_event(ev)
                 self._event_ch.send_nowait(ev)
-
-        tasks = [asyncio.create_task(forward_input()), asyncio.create_task(forward_events())]
-        try:
-            await asyncio.gather(*tasks)
         finally:
-            await utils.aio.gracefully_cancel(*tasks)
             await self._inner.aclose()

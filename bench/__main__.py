@@ -2,8 +2,8 @@
 
 Runs each part beside its baseline (stock livekit-agents 0.12.21 VoicePipelineAgent) in one
 run, writes ``<out-dir>/<part>.json`` and ``<out-dir>/<part>.png`` and prints a table.
-``--json`` also writes every part's result (and the machine) into one file, whose table
-``--table-from FILE`` prints again. Without
+``--json`` also writes every part's result (and the machine) into one file; ``--table-from``
+prints the table again from such a file or from a directory of part files (docs/bench/). Without
 ``--out-dir``, full runs write to docs/bench/ and ``--quick`` runs to artifacts/bench-quick/.
 """
 
@@ -63,17 +63,34 @@ async def run_parts(parts: Sequence[str], quick: bool, out_dir: Path) -> dict[st
     return {"machine": machine, "quick": quick, "parts": results}
 
 
+def saved_results(path: Path) -> dict[str, dict[str, Any]]:
+    """The parts' results of an ``--json`` report, or of the ``<part>.json`` files in a
+    directory (e.g. docs/bench/, where each part run alone writes its own)."""
+    if not path.is_dir():
+        parts: dict[str, dict[str, Any]] = json.loads(path.read_text())["parts"]
+        return parts
+    return {
+        part: json.loads((path / f"{part}.json").read_text())
+        for part in PARTS
+        if (path / f"{part}.json").exists()
+    }
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("part", nargs="?", default="all", choices=("all", *PARTS))
     parser.add_argument("--quick", action="store_true", help="a CI sanity run (< 2 minutes)")
     parser.add_argument("--json", type=Path, help="also write all results into this file")
     parser.add_argument("--out-dir", type=Path, help="where <part>.json and <part>.png go")
-    parser.add_argument("--table-from", type=Path, help="print the table of a saved --json report")
+    parser.add_argument(
+        "--table-from",
+        type=Path,
+        help="print the table of a saved --json report, or of a directory's <part>.json files",
+    )
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     if args.table_from is not None:
-        print(format_table(json.loads(args.table_from.read_text())["parts"]))
+        print(format_table(saved_results(args.table_from)))
         return 0
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,

@@ -231,19 +231,23 @@ async def run(quick: bool = False) -> dict[str, Any]:
 def table(result: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     rows = []
     per = result["pipelines"]
-    for n in result["config"]["counts"]:
-        o = per["ours"][str(n)]["answer_start"]["p50"]
-        s = per["stock"][str(n)]["answer_start"]["p50"]
-        r = ratio(o, s)
-        rows.append(
-            (
-                f"tools: N={n} x {result['config']['tool_seconds']:g} s, "
-                "tool response -> answer audio p50",
-                "-" if o is None else f"{o:.2f} s",
-                "-" if s is None else f"{s:.2f} s",
-                "-" if r is None else f"{r:.2f}",
+    measures = (
+        ("tool_phase", "tool response -> next LLM request p50"),
+        ("answer_start", "tool response -> answer audio p50"),
+    )
+    for key, label in measures:
+        for n in result["config"]["counts"]:
+            o = per["ours"][str(n)][key]["p50"]
+            s = per["stock"][str(n)][key]["p50"]
+            r = ratio(o, s)
+            rows.append(
+                (
+                    f"tools: N={n} x {result['config']['tool_seconds']:g} s, {label}",
+                    "-" if o is None else f"{o:.2f} s",
+                    "-" if s is None else f"{s:.2f} s",
+                    "-" if r is None else f"{r:.2f}",
+                )
             )
-        )
     return rows
 
 

@@ -40,7 +40,7 @@ from typing import Any, Literal
 
 import psutil  # type: ignore[import-untyped]  # no stubs installed
 
-from .harness import PIPELINES, ProviderScript, ratio, summarize
+from .harness import PIPELINES, ProviderScript, exit_child, ratio, summarize
 
 logger = logging.getLogger("bench.capacity")
 
@@ -645,6 +645,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     asyncio.run(_child(args.child, json.loads(args.endpoints)))
+    exit_child()
 
 
 if __name__ == "__main__":

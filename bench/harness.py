@@ -28,11 +28,12 @@ import logging
 import os
 import platform
 import subprocess
+import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
 import aiohttp
 import numpy as np
@@ -193,6 +194,16 @@ def ratio(ours: float | None, stock: float | None) -> float | None:
 
 def rounded(x: float | None, digits: int = 4) -> float | None:
     return None if x is None else round(x, digits)
+
+
+def exit_child() -> NoReturn:
+    """End a measuring child process once its result is printed, without the interpreter's
+    finalization: livekit-ffi's tokio threads may still call back into Python then and abort
+    the process ("panic in a function that cannot unwind", seen ~1 run in 20), which would
+    turn a finished measurement into a failed run."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import psutil  # type: ignore[import-untyped]  # no stubs installed
 
-from .harness import PIPELINES, Pipeline, ProviderScript, ratio, summarize
+from .harness import PIPELINES, Pipeline, ProviderScript, exit_child, ratio, summarize
 
 logger = logging.getLogger("bench.memory")
 
@@ -300,6 +300,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("livekit").setLevel(logging.ERROR)
     result = asyncio.run(_child(args.child, args.turns, args.every, json.loads(args.endpoints)))
     print(json.dumps(result), flush=True)
+    exit_child()
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import psutil  # type: ignore[import-untyped]  # no stubs installed
 
-from .harness import PIPELINES, Pipeline, ratio, summarize
+from .harness import PIPELINES, Pipeline, exit_child, ratio, summarize
 
 logger = logging.getLogger("bench.startup")
 
@@ -375,6 +375,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("livekit").setLevel(logging.ERROR)
     logging.getLogger("worker").setLevel(logging.ERROR)
     asyncio.run(_child(args.child))
+    exit_child()
 
 
 if __name__ == "__main__":

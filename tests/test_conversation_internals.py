@@ -24,9 +24,15 @@ AGENT_MEMBERS: dict[str, object] = {
     "_agent_output": None,
     "_agent_reply_task": None,
     "_update_state_task": None,
+    "_transcribed_text": "",
 }
 """Instance members (and their value before ``start()``)."""
-AGENT_METHODS = ("_update_state", "_link_participant", "_on_participant_connected")
+AGENT_METHODS = (
+    "_update_state",
+    "_link_participant",
+    "_on_participant_connected",
+    "_synthesize_agent_reply",
+)
 
 
 async def test_the_pipeline_internals_conversation_uses_are_there() -> None:
@@ -42,6 +48,9 @@ async def test_the_pipeline_internals_conversation_uses_are_there() -> None:
         assert isinstance(agent._track_published_fut, asyncio.Future)
         assert not agent._track_published_fut.done()
         assert hasattr(agent._deferred_validation, "aclose")
+        # the transcript the next end-of-turn decision looks at (reset when it validates)
+        assert agent._deferred_validation._last_final_transcript == ""
+        assert list(inspect.signature(agent._synthesize_agent_reply).parameters) == []
         for name in AGENT_METHODS:
             assert callable(getattr(agent, name)), name
         assert list(inspect.signature(agent._update_state).parameters) == ["state", "delay"]

@@ -6,8 +6,7 @@ every ``period`` seconds, otherwise the live source's silence) and whose 640x480
 15 frames per second, and one agent (``ours``: worker.wiring.build_session; ``stock``: the
 stock VoicePipelineAgent; ``none``: no agent, to price the driver itself). The providers run
 in a process of their own (remote in production). Processes are started once and prewarmed
-like job processes (ours: ``worker.entrypoint.prewarm``; stock: its Silero VAD loaded), then
-reused across runs.
+like job processes (``harness.prewarmed_job_process``), then reused across runs.
 
 For each K, K processes run a session for ``seconds`` at once (turns staggered). Reported per
 K: CPU per session (process CPU time / wall, % of one core), RSS and USS per session, the
@@ -204,39 +203,13 @@ async def _run_session(
     }
 
 
-def _prewarm(kind: Kind, endpoints: dict[str, str]) -> Any:
-    """What each pipeline's job process does before a job: ours runs the worker's prewarm
-    (settings, VAD, SDK modules, gc.freeze); stock loads the stock Silero VAD."""
-    if kind == "ours":
-        from livekit.agents import JobProcess
-
-        import worker.entrypoint
-
-        os.environ.update(
-            {
-                **endpoints,
-                "LIVEKIT_URL": "ws://127.0.0.1:7880",
-                "LIVEKIT_API_KEY": "devkey",
-                "LIVEKIT_API_SECRET": "bench-secret-0123456789abcdef0123456789",
-            }
-        )
-        proc = JobProcess()
-        worker.entrypoint.prewarm(proc)
-        return proc.userdata["vad"]
-    if kind == "stock":
-        from livekit.plugins import silero
-
-        return silero.VAD.load()
-    return None
-
-
 async def _child(kind: Kind, endpoints: dict[str, str]) -> None:
-    from .harness import voiced_clip
+    from .harness import prewarmed_job_process, voiced_clip
     from .voice import TURNS
 
     warnings = _WarningCounter()
     logging.getLogger().addHandler(warnings)
-    vad = _prewarm(kind, endpoints)
+    vad = None if kind == "none" else prewarmed_job_process(kind, endpoints).userdata["vad"]
     for turn in TURNS:
         voiced_clip(turn.utterance)
     loop = asyncio.get_running_loop()

@@ -196,6 +196,32 @@ def rounded(x: float | None, digits: int = 4) -> float | None:
     return None if x is None else round(x, digits)
 
 
+BENCH_LIVEKIT_ENV = {
+    "LIVEKIT_URL": "ws://127.0.0.1:7880",
+    "LIVEKIT_API_KEY": "devkey",
+    "LIVEKIT_API_SECRET": "bench-secret-0123456789abcdef0123456789",
+}
+"""The worker's settings need a server; the in-process room never contacts one."""
+
+
+def prewarmed_job_process(kind: Pipeline, endpoints: dict[str, str]) -> Any:
+    """A ``JobProcess`` prepared the way each pipeline's job process is before a job: ours runs
+    ``worker.entrypoint.prewarm`` (settings from the environment, VAD, SDK modules,
+    gc.freeze); stock loads the stock Silero VAD. Either way ``userdata["vad"]`` is the VAD.
+    Sets ``endpoints`` and :data:`BENCH_LIVEKIT_ENV` in ``os.environ`` (a child process's)."""
+    from livekit.agents import JobProcess
+
+    import worker.entrypoint
+
+    os.environ.update({**endpoints, **BENCH_LIVEKIT_ENV})
+    proc = JobProcess()
+    if kind == "ours":
+        worker.entrypoint.prewarm(proc)
+    else:
+        proc.userdata["vad"] = silero.VAD.load()
+    return proc
+
+
 def exit_child() -> NoReturn:
     """End a measuring child process once its result is printed, without the interpreter's
     finalization: livekit-ffi's tokio threads may still call back into Python then and abort

@@ -64,13 +64,11 @@ async def stock_entrypoint(ctx: Any) -> None:
 
 
 async def _child(kind: Pipeline) -> dict[str, Any]:
-    import os
 
-    from livekit.agents import JobContext, JobProcess
+    from livekit.agents import JobContext
     from livekit.agents.job import JobAcceptArguments, RunningJobInfo
     from livekit.agents.pipeline import VoicePipelineAgent
     from livekit.agents.utils import http_context
-    from livekit.plugins import silero
     from livekit.protocol import agent as agent_proto
     from livekit.protocol import models
 
@@ -79,6 +77,7 @@ async def _child(kind: Pipeline) -> dict[str, Any]:
     from worker.local_room import LocalRoom, as_rtc_room
 
     from .harness import (
+        BENCH_LIVEKIT_ENV,
         CAMERA_FPS,
         CAMERA_SIZE,
         MIC_RATE,
@@ -86,6 +85,7 @@ async def _child(kind: Pipeline) -> dict[str, Any]:
         LoopbackProviders,
         ProviderScript,
         first_audible_after,
+        prewarmed_job_process,
         push_speech,
         voiced_clip,
     )
@@ -98,24 +98,14 @@ async def _child(kind: Pipeline) -> dict[str, Any]:
     providers.dg.listen.default_transcript = turn.transcript
     clip = voiced_clip(turn.utterance)
     await providers.start()
-    env = {
-        **providers.env(),
-        "LIVEKIT_URL": "ws://127.0.0.1:7880",
-        "LIVEKIT_API_KEY": "devkey",
-        "LIVEKIT_API_SECRET": "bench-secret-0123456789abcdef0123456789",
-    }
-    os.environ.update(env)
-
-    proc = JobProcess()
     t_prewarm = time.perf_counter()
+    proc = prewarmed_job_process(kind, providers.env())
+    prewarm_s = time.perf_counter() - t_prewarm
     if kind == "ours":
-        worker.entrypoint.prewarm(proc)
         entrypoint = worker.entrypoint.entrypoint
     else:
-        proc.userdata["vad"] = silero.VAD.load()
-        proc.userdata["env"] = env
+        proc.userdata["env"] = providers.env()
         entrypoint = stock_entrypoint
-    prewarm_s = time.perf_counter() - t_prewarm
     process_age = time.time() - psutil.Process().create_time()
 
     room = LocalRoom("bench-room")
@@ -163,7 +153,7 @@ async def _child(kind: Pipeline) -> dict[str, Any]:
     info = RunningJobInfo(
         accept_arguments=JobAcceptArguments(name="", identity="agent", metadata=""),
         job=job,
-        url=env["LIVEKIT_URL"],
+        url=BENCH_LIVEKIT_ENV["LIVEKIT_URL"],
         token="bench",
         worker_id="W_bench",
     )

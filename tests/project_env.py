@@ -16,6 +16,7 @@ PROJECT_VARS = (
     "METRICS_",
     "MAX_JOBS",
     "WORKER_PORT",
+    "END_OF_TURN_",
 )
 
 

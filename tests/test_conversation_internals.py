@@ -10,7 +10,13 @@ import asyncio
 import inspect
 
 from livekit import rtc
-from livekit.agents.pipeline import VoicePipelineAgent, agent_output, agent_playout
+from livekit.agents.pipeline import (
+    VoicePipelineAgent,
+    agent_output,
+    agent_playout,
+    human_input,
+    pipeline_agent,
+)
 from livekit.agents.pipeline.speech_handle import SpeechHandle
 
 from worker.config import load_settings
@@ -55,6 +61,12 @@ async def test_the_pipeline_internals_conversation_uses_are_there() -> None:
             assert callable(getattr(agent, name)), name
         assert list(inspect.signature(agent._update_state).parameters) == ["state", "delay"]
         assert list(inspect.signature(agent._link_participant).parameters) == ["identity"]
+        # the name _link_participant builds its input by, and what MicrophoneInput overrides
+        assert pipeline_agent.HumanInput is human_input.HumanInput
+        recognize = human_input.HumanInput._recognize_task
+        assert list(inspect.signature(recognize).parameters) == ["self", "audio_stream"]
+        assert "_subscribed_track" in inspect.getsource(human_input.HumanInput.__init__)
+        assert "_noise_cancellation" in inspect.getsource(human_input.HumanInput.__init__)
 
         # a speech's nesting future: None until it plays, done once its nested speeches are
         speech = SpeechHandle.create_assistant_reply(

@@ -27,7 +27,8 @@ from typing import Any, Protocol
 
 from livekit import rtc
 from livekit.agents import llm, stt, tts, utils, vad
-from livekit.agents.pipeline import AgentTranscriptionOptions, VoicePipelineAgent
+from livekit.agents.pipeline import AgentTranscriptionOptions, VoicePipelineAgent, pipeline_agent
+from livekit.agents.pipeline.human_input import HumanInput
 from livekit.agents.pipeline.pipeline_agent import SpeechDataContextVar
 from livekit.agents.pipeline.speech_handle import SpeechHandle
 from livekit.agents.types import AgentState
@@ -36,6 +37,7 @@ from .audio_capture import TappedVAD, UtteranceAudio, UtteranceAudioOptions
 from .builtin_tools import BuiltinTools
 from .config import END_OF_TURN_DELAY_MS
 from .context import ContextLimits, trim_chat_context
+from .microphone_input import MicrophoneInput
 from .tool_loading import merge_tools
 from .tool_runner import ToolRoundsStream, ToolRunnerOptions, ToolRunningLLM
 from .video_capture import VIDEO_SOURCES, ImageOptions, VideoCapture
@@ -127,7 +129,7 @@ class Conversation:
         self._last_user_text: str | None = None
         self._agent_audible = False  # between agent_started_speaking and agent_stopped_speaking
         self.chat_ctx = llm.ChatContext().append(role="system", text=options.instructions)
-        self.agent = VoicePipelineAgent(
+        self.agent: VoicePipelineAgent = _Agent(
             vad=TappedVAD(vad, on_frame=self._audio.push, on_event=self._on_vad_event),
             stt=stt,
             llm=self._llm,
@@ -432,7 +434,20 @@ class Conversation:
             self._done.set()
 
 
-# --- the VoicePipelineAgent 0.12 internals we must reach (tested in test_pipeline_internals) ----
+# --- the VoicePipelineAgent 0.12 internals we must reach (test_conversation_internals) -------
+
+
+class _Agent(VoicePipelineAgent):
+    """VoicePipelineAgent hearing the participant through ``MicrophoneInput``."""
+
+    def _link_participant(self, identity: str) -> None:
+        # 0.12 builds its HumanInput by the name in its module, with no hook: swap the name for
+        # this synchronous call only (no other code runs on this thread meanwhile)
+        pipeline_agent.HumanInput = MicrophoneInput  # type: ignore[misc]
+        try:
+            super()._link_participant(identity)
+        finally:
+            pipeline_agent.HumanInput = HumanInput  # type: ignore[misc]
 
 
 def playing_speech(agent: VoicePipelineAgent) -> SpeechHandle | None:

@@ -89,6 +89,14 @@ def voiced_span(samples: np.ndarray, rate: int, threshold: float = 0.01) -> floa
     return 0.0 if voiced.size == 0 else (voiced[-1] - voiced[0] + 1) * window / rate
 
 
+async def eventually(predicate: Callable[[], bool], *, timeout: float = 5.0) -> None:
+    """Wait until ``predicate()`` holds, for state that changes with no event to wait for (the
+    FFI ends a closed stream in its own time)."""
+    async with asyncio.timeout(timeout):
+        while not predicate():  # noqa: ASYNC110 (nothing to wait on but the state itself)
+            await asyncio.sleep(0.01)
+
+
 def camera_frame(width: int, height: int, shade: int) -> rtc.VideoFrame:
     """An RGBA frame with a gradient (a real picture for the JPEG encoder, not a flat colour)."""
     x = np.linspace(0, 255, width, dtype=np.uint8)[None, :].repeat(height, axis=0)

@@ -83,13 +83,23 @@ def frame(kind: rtc.VideoBufferType.ValueType, width: int, height: int) -> rtc.V
 async def camera_shows(h: Harness, shown: rtc.VideoFrame, previous: str) -> llm.ChatImage:
     """Send ``shown`` as a live camera does (every 50 ms) until the agent's ready image is
     made from it (differs from ``previous``)."""
-    async with asyncio.timeout(10):
+
+    async def live() -> None:
         while True:
             h.camera.capture_frame(shown)
-            images = await h.conversation.video.fresh_images()
-            if images and images[0].image != previous:
-                return images[0]
             await asyncio.sleep(0.05)
+
+    camera = asyncio.create_task(live())
+    try:
+        async with asyncio.timeout(10):
+            while True:
+                images = await h.conversation.video.fresh_images()
+                if images and images[0].image != previous:
+                    return images[0]
+                await asyncio.sleep(0.05)
+    finally:
+        camera.cancel()
+        await asyncio.gather(camera, return_exceptions=True)
 
 
 async def close_and_settle(h: Harness) -> None:

@@ -252,6 +252,10 @@ class Conversation:
 
     def _on_vad_event(self, ev: vad.VADEvent) -> None:
         self._audio.on_vad_event(ev)
+        if ev.type == vad.VADEventType.START_OF_SPEECH:
+            self._video.user_speaking(True)
+        elif ev.type == vad.VADEventType.END_OF_SPEECH:
+            self._video.user_speaking(False)
         if ev.type == vad.VADEventType.START_OF_SPEECH and not self._agent_audible:
             withdrawn = withdraw_unplayed_replies(self.agent, may_withdraw=_ran_no_tools)
             if withdrawn:

@@ -23,11 +23,12 @@ class MicrophoneInput(HumanInput):
     """HumanInput reading the microphone in ``INPUT_FRAME_MS`` frames."""
 
     async def _recognize_task(self, audio_stream: rtc.AudioStream) -> None:
-        # 0.12 opens the stream itself, with no say in its frame size: close it unread and
-        # read the same track through a stream of our own (once per subscription)
+        # 0.12 opens the stream itself, with no say in its frame size: read the same track
+        # through a stream of our own and close 0.12's unread (once per subscription; ours is
+        # opened first, so no audio waits for that close)
         track = self._subscribed_track
-        await audio_stream.aclose()
-        if track is None:
+        if track is None:  # 0.12 sets it before it starts this task
+            await audio_stream.aclose()
             return
         ours = rtc.AudioStream(
             track,
@@ -37,6 +38,7 @@ class MicrophoneInput(HumanInput):
             noise_cancellation=self._noise_cancellation,
         )
         try:
+            await audio_stream.aclose()
             await super()._recognize_task(ours)
         finally:
             await ours.aclose()  # 0.12 leaves its stream open when the task ends

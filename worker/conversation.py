@@ -9,7 +9,9 @@ move to the 1.x AgentSession stays contained here. It fills the pipeline's gaps:
 - tool calls run concurrently inside the LLM stream (``tool_runner``), and their messages are
   persisted next to the reply they belong to;
 - every metrics event and a per-turn summary go to an observer (the metrics publisher);
-- ``aclose()`` really closes the agent's tasks and streams (the 0.12 agent's does nothing).
+- ``aclose()`` really closes the agent's tasks and streams (the 0.12 agent's does nothing);
+- the microphone is read in 50 ms frames (``microphone_input``) and the camera only while the
+  user speaks (``video_capture``): a session costs less CPU than 0.12's.
 
 Voice-path choices: the reply is requested on the final transcript (``preemptive_synthesis``),
 before the VAD's silence window ends, and played only once the turn is confirmed; the TTS

@@ -30,6 +30,7 @@ import pytest
 from livekit import rtc
 from livekit.agents.cli.log import JsonFormatter
 from livekit.agents.pipeline.pipeline_agent import EventTypes as AgentEventName
+from livekit.rtc._ffi_client import FfiClient
 
 from tests.loopback.deepgram_server import DeepgramLoopback, ListenOptions, SpeakOptions
 from tests.loopback.openai_server import OpenAIServer, Responder
@@ -95,6 +96,12 @@ async def eventually(predicate: Callable[[], bool], *, timeout: float = 5.0) -> 
     async with asyncio.timeout(timeout):
         while not predicate():  # noqa: ASYNC110 (nothing to wait on but the state itself)
             await asyncio.sleep(0.01)
+
+
+def open_ffi_subscriptions() -> int:
+    """Queues subscribed to the FFI's events: one per open audio or video stream (and per
+    request awaiting its answer), so a stream left open shows here."""
+    return len(FfiClient.instance.queue._subscribers)
 
 
 def camera_frame(width: int, height: int, shade: int) -> rtc.VideoFrame:

@@ -3,13 +3,11 @@ Deepgram plugin against the loopback server) and closes the stream it opened."""
 
 from __future__ import annotations
 
-import asyncio
-
 import aiohttp
 import pytest
 from livekit import rtc
-from livekit.rtc._ffi_client import FfiClient
 
+from tests.conftest import eventually, open_ffi_subscriptions
 from tests.loopback.deepgram_server import DeepgramLoopback
 from tests.speech import speak
 from worker.audio_capture import TappedVAD
@@ -19,10 +17,6 @@ from worker.microphone_input import INPUT_FRAME_MS, INPUT_SAMPLE_RATE, Microphon
 from worker.providers import build_providers, load_vad
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def open_ffi_subscriptions() -> int:
-    return len(FfiClient.instance.queue._subscribers)
 
 
 async def test_the_microphone_is_heard_in_50_ms_frames_and_its_stream_closed() -> None:
@@ -60,10 +54,7 @@ async def test_the_microphone_is_heard_in_50_ms_frames_and_its_stream_closed() -
         try:
             await mic.push(speak("what time is it in Paris", mic.sample_rate), mic.sample_rate)
             await mic.push_silence(1.0)
-            for _ in range(100):
-                if "end" in events and finals:
-                    break
-                await asyncio.sleep(0.05)
+            await eventually(lambda: "end" in events and bool(finals))
             # VAD and STT work as before on the longer frames
             assert events == ["start", "end"]
             assert finals == ["what time is it"]

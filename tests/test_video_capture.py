@@ -9,18 +9,13 @@ import io
 from collections.abc import AsyncIterator
 
 import pytest
-from livekit.rtc._ffi_client import FfiClient
 from PIL import Image
 
-from tests.conftest import camera_frame, eventually
+from tests.conftest import camera_frame, eventually, open_ffi_subscriptions
 from worker.local_room import LocalRoom, VideoFeed, as_rtc_room
 from worker.video_capture import ImageOptions, VideoCapture
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def open_ffi_subscriptions() -> int:
-    return len(FfiClient.instance.queue._subscribers)
 
 
 class LiveCamera:

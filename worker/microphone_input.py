@@ -7,7 +7,8 @@ work was the largest share of a session's CPU. At 50 ms frames:
 
 - the STT hears nothing later: the Deepgram plugin sends 50 ms chunks anyway;
 - the VAD decides up to 40 ms later, well inside its own silence window, and the reply is
-  played on the final transcript plus the end-of-turn delay rather than on the VAD's decision.
+  played on the final transcript plus the end-of-turn delay rather than on the VAD's decision
+  (with Whisper, whose transcript waits for the VAD's end of speech, up to 40 ms later).
 """
 
 from __future__ import annotations

@@ -244,7 +244,6 @@ class Conversation:
     def _wire_agent(self) -> None:
         agent = self.agent
         agent.on("user_speech_committed", self._on_user_committed)
-        agent.on("user_started_speaking", self._on_user_started_speaking)
         agent.on("user_stopped_speaking", self._on_user_stopped_speaking)
         agent.on("agent_speech_committed", self._on_agent_committed)
         agent.on("agent_speech_interrupted", self._on_agent_interrupted)
@@ -269,9 +268,6 @@ class Conversation:
             self._observer.on_user_stopped_speaking(time.perf_counter() - ev.silence_duration)
         if ev.type != vad.VADEventType.END_OF_SPEECH and self._audio.in_utterance:
             self._video.refresh()  # rate-limited: keeps a ready image while the user speaks
-
-    def _on_user_started_speaking(self, *_: Any) -> None:
-        self._video.refresh()
 
     def _on_user_stopped_speaking(self, *_: Any) -> None:
         # 0.12 says "thinking" only when a reply is requested after the user stopped speaking;

@@ -23,10 +23,19 @@ logger = logging.getLogger("worker.entrypoint")
 
 WORKER_NEEDS = (Need.LIVEKIT_SERVER, Need.CLOUD_PROVIDERS)
 
-LAZY_MODULES = ("httpcore2", "openai.resources.chat", "anyio._backends._asyncio")
+LAZY_MODULES = ("httpcore2", "openai.resources.chat.chat", "anyio._backends._asyncio")
 """Modules the openai SDK imports on first use: its HTTP transport when the job builds the LLM
-client, its chat resource on the first request (~50 ms of a job's start and first reply on a
-2-core machine, measured by bench/startup.py). Missing names are skipped."""
+client, its chat resource (``openai.resources.chat`` only names it: the package imports
+``chat.chat`` and the completions resource on first access) on the first request. Imported at
+the first reply they stall the job's event loop for ~20 ms, 50-100 ms on a loaded machine
+(tests/test_prewarm.py checks that a first request imports nothing more). Missing names are
+skipped."""
+
+
+def import_lazy_modules() -> None:
+    for name in LAZY_MODULES:
+        with contextlib.suppress(ImportError):
+            importlib.import_module(name)
 
 
 def prewarm(proc: JobProcess) -> None:
@@ -36,9 +45,7 @@ def prewarm(proc: JobProcess) -> None:
     proc.userdata["settings"] = settings
     proc.userdata["vad"] = load_vad()
     prewarm_providers(settings)
-    for name in LAZY_MODULES:
-        with contextlib.suppress(ImportError):
-            importlib.import_module(name)
+    import_lazy_modules()
     # What is loaded now lives as long as the process: keep it out of the cyclic collector's
     # full passes (~140k objects, ~40 ms of stalled event loop each, at random moments of a
     # call). Objects the job creates are collected as usual.

@@ -42,7 +42,13 @@ from livekit.rtc.room import EventTypes as RoomEventTypes
 from piper import PiperVoice
 
 from tests.speech import speak
-from worker.local_room import LocalRoom, LocalRoomOptions, SentTranscription, as_rtc_room
+from worker.local_room import (
+    AudioRecorder,
+    LocalRoom,
+    LocalRoomOptions,
+    SentTranscription,
+    as_rtc_room,
+)
 
 # --------------------------------------------------------------------------------------------
 # Minimal offline providers (real models, thin livekit.agents wrappers)
@@ -262,6 +268,36 @@ async def test_agent_track_is_subscribed_when_a_participant_joins(room: LocalRoo
     assert publication.track is None
     assert room.local_participant.track_publications == {}
     await source.aclose()
+
+
+async def test_recorder_reading_50ms_frames_keeps_10ms_entries_and_timing() -> None:
+    """A load test reads the recording in 50 ms frames (cheaper); the entries, their audio and
+    the onset time match what a 10 ms reader of the same track saw."""
+    source = rtc.AudioSource(48000, 1)
+    track = rtc.LocalAudioTrack.create_audio_track("voice", source)
+    fine = AudioRecorder(track, frame_ms=10)
+    coarse = AudioRecorder(track, frame_ms=50)
+    await asyncio.sleep(0.3)  # silence first: the source plays it while nothing is captured
+    tone = (np.sin(np.arange(14_400) * 2 * np.pi * 440 / 48000) * 8000).astype(np.int16)
+    for start in range(0, tone.size, 480):
+        chunk = tone[start : start + 480]
+        await source.capture_frame(rtc.AudioFrame(chunk.tobytes(), 48000, 1, chunk.size))
+    await coarse.wait_for_audio(0.3, timeout=10)
+    await fine.wait_for_audio(0.3, timeout=10)
+    await asyncio.gather(fine.aclose(), coarse.aclose())
+    await source.aclose()
+
+    assert {f.frame.samples_per_channel for f in coarse.frames} == {480}
+    assert len(coarse.frames) >= 5 * 6  # several 50 ms deliveries, split
+    onset_fine, onset_coarse = fine.first_audible_at, coarse.first_audible_at
+    assert onset_fine is not None
+    assert onset_coarse is not None
+    # The 50 ms reader learns of the onset up to 40 ms later; back-dated, it says when it was.
+    assert abs(onset_coarse - onset_fine) < 0.008
+    played = coarse.samples(trim_silence=True)
+    assert np.array_equal(played[: tone.size], tone[: played.size])
+    with pytest.raises(ValueError, match="multiple of 10"):
+        AudioRecorder(track, frame_ms=25)
 
 
 async def test_data_messages_both_ways(room: LocalRoom) -> None:

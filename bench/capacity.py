@@ -50,6 +50,10 @@ REPLY = (
     "afternoon for a walk along the river."
 )
 GAP_SECONDS = 0.15
+RECORD_FRAME_MS = 50
+"""The bench reads the agent's audio in 50 ms frames (split back into 10 ms entries): at
+10 ms, recording cost ~3% of a core per session, more than the agent's VAD, and no
+production job records its own output."""
 E2E_TOLERANCE = 0.10
 
 
@@ -103,7 +107,9 @@ async def _run_session(
     period: float,
     warnings: _WarningCounter,
 ) -> dict[str, Any]:
-    from worker.local_room import LocalRoom
+    from livekit import rtc
+
+    from worker.local_room import AudioRecorder, LocalRoom
 
     from .harness import (
         CAMERA_FPS,
@@ -125,7 +131,9 @@ async def _run_session(
     session: BenchSession | None = None
     room: LocalRoom | None = None
     camera: CameraFeed | None = None
+    idle_recorder: AudioRecorder | None = None
     if kind == "none":
+        # The bench's own cost: the participant's media, and recording an (idle) agent track.
         room = LocalRoom()
         user = room.add_participant("user")
         mic = user.publish_microphone(sample_rate=48000)
@@ -135,8 +143,18 @@ async def _run_session(
             CAMERA_FPS,
         )
         camera.start()
+        agent_source = rtc.AudioSource(48000, 1)
+        idle_recorder = AudioRecorder(
+            rtc.LocalAudioTrack.create_audio_track("agent", agent_source),
+            frame_ms=RECORD_FRAME_MS,
+        )
     else:
-        session = await open_session(kind, SCRIPT, SessionOptions(vad=vad), endpoints=endpoints)
+        session = await open_session(
+            kind,
+            SCRIPT,
+            SessionOptions(vad=vad, record_frame_ms=RECORD_FRAME_MS),
+            endpoints=endpoints,
+        )
         mic = session.mic
     await asyncio.sleep(2.0)  # warm-up: streams open, first inferences done
     warnings.reset()
@@ -182,6 +200,9 @@ async def _run_session(
     else:
         assert camera is not None
         assert room is not None
+        assert idle_recorder is not None
+        await idle_recorder.aclose()
+        await agent_source.aclose()
         await camera.aclose()
         await room.aclose()
     wall = t1 - t0
@@ -515,7 +536,9 @@ async def run(quick: bool = False) -> dict[str, Any]:
             "providers": SCRIPT.__dict__,
             "reply": REPLY,
             "media": "48 kHz microphone (speech turns, live silence between), 640x480 I420 "
-            "camera at 15 fps, agent audio recorded at 48 kHz",
+            "camera at 15 fps, agent audio recorded at 48 kHz in 50 ms frames",
+            "driver_only": "kind none: the bench's participant alone (microphone, camera, and "
+            "recording an idle agent track), the bench's share of each session's CPU",
             "real_time": "no VAD lag warning, no playout gap > 150 ms, every turn answered, "
             "e2e p95 within 10% of the same pipeline's K=1; a failing K is run a second time "
             "and a pipeline stops at its first K that fails twice",

@@ -742,6 +742,8 @@ class SessionOptions:
     """Extra settings for ours (e.g. LLM_AUDIO_INPUT)."""
     camera: bool = True
     record_rate: int | None = MIC_RATE
+    record_frame_ms: int = 10
+    """Frames the agent's audio is read in (:class:`worker.local_room.AudioRecorder`)."""
     vad: vad.VAD | None = None
     """None: the pipeline's usual VAD (:func:`shared_vad`)."""
     min_endpointing_delay: float | None = None
@@ -763,7 +765,11 @@ async def open_session(
         loopback = LoopbackProviders(script)
         await loopback.start()
         endpoints = loopback.env()
-    room = LocalRoom(options=LocalRoomOptions(record_sample_rate=opts.record_rate))
+    room = LocalRoom(
+        options=LocalRoomOptions(
+            record_sample_rate=opts.record_rate, record_frame_ms=opts.record_frame_ms
+        )
+    )
     user = room.add_participant("user")
     mic = user.publish_microphone(sample_rate=MIC_RATE)
     camera = None

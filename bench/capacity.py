@@ -288,10 +288,6 @@ class _Child:
     async def ready(self) -> None:
         await self._line(120)
 
-    @property
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.returncode is None
-
     async def run(self, seconds: float, offset: float, period: float) -> dict[str, Any]:
         """The session's result, or ``{"failed": why}`` (a hung process is killed)."""
         assert self.proc is not None
@@ -325,28 +321,33 @@ class _Child:
 
 
 class _Pools:
+    """The session processes of the K step being run. Each step starts new ones and
+    :meth:`retire` ends them after it: a production job process serves one job (0.12 does not
+    reuse it), so no measurement runs in a process older sessions have used."""
+
     def __init__(self, endpoints: dict[str, str]) -> None:
         self._endpoints = endpoints
         self.pools: dict[Kind, list[_Child]] = {"ours": [], "stock": [], "none": []}
 
-    async def ensure(self, kind: Kind, k: int) -> list[_Child]:
-        pool = self.pools[kind]
-        for dead in [c for c in pool if not c.alive]:
-            pool.remove(dead)
-            await dead.aclose()
-        new = [_Child(kind, self._endpoints) for _ in range(k - len(pool))]
+    async def start(self, kind: Kind, k: int) -> list[_Child]:
+        await self.retire(kind)
+        new = [_Child(kind, self._endpoints) for _ in range(k)]
         # start a few at a time: imports are CPU-bound
         for i in range(0, len(new), 4):
             batch = new[i : i + 4]
             for child in batch:
                 await child.start()
             await asyncio.gather(*(child.ready() for child in batch))
-        pool.extend(new)
-        return pool[:k]
+        self.pools[kind] = new
+        return new
+
+    async def retire(self, kind: Kind) -> None:
+        old, self.pools[kind] = self.pools[kind], []
+        await asyncio.gather(*(child.aclose() for child in old), return_exceptions=True)
 
     async def aclose(self) -> None:
-        for pool in self.pools.values():
-            await asyncio.gather(*(child.aclose() for child in pool), return_exceptions=True)
+        for kind in self.pools:
+            await self.retire(kind)
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -358,7 +359,7 @@ async def _run_k(
     pools: _Pools, kinds: tuple[Kind, ...], k: int, cfg: CapacityConfig, provider_pid: int
 ) -> list[dict[str, Any]]:
     """Run ``k`` sessions of each kind (at once if several kinds) and aggregate."""
-    children = {kind: await pools.ensure(kind, k) for kind in kinds}
+    children = {kind: await pools.start(kind, k) for kind in kinds}
     await asyncio.sleep(1.0)
     prov0 = _cpu_seconds(provider_pid)
     psutil.cpu_percent(None)
@@ -373,6 +374,8 @@ async def _run_k(
     cores = psutil.cpu_count() or 1
     wall = time.perf_counter() - started
     prov_cpu = 100 * (_cpu_seconds(provider_pid) - prov0) / wall
+    for kind in kinds:
+        await pools.retire(kind)
     sessions_cpu = sum(r["cpu_percent"] for r in results)
     others = machine_cpu * cores - sessions_cpu - prov_cpu
     out = []
@@ -539,6 +542,8 @@ async def run(quick: bool = False) -> dict[str, Any]:
             "camera at 15 fps, agent audio recorded at 48 kHz in 50 ms frames",
             "driver_only": "kind none: the bench's participant alone (microphone, camera, and "
             "recording an idle agent track), the bench's share of each session's CPU",
+            "processes": "new session processes for every K step (a production job process "
+            "serves one job)",
             "real_time": "no VAD lag warning, no playout gap > 150 ms, every turn answered, "
             "e2e p95 within 10% of the same pipeline's K=1; a failing K is run a second time "
             "and a pipeline stops at its first K that fails twice",

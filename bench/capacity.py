@@ -71,7 +71,10 @@ class CapacityConfig:
         if quick:
             return CapacityConfig(ks=(1,), seconds=7.0, period=5.0, together=True)
         return CapacityConfig(
-            ks=(1, 4, 8, 10, 12, 14, 16, 18, 20, 24, 28, 32), seconds=40.0, period=9.0, together=False
+            ks=(1, 4, 8, 10, 12, 14, 16, 18, 20, 24, 28, 32),
+            seconds=40.0,
+            period=9.0,
+            together=False,
         )
 
 

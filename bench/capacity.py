@@ -3,7 +3,7 @@
 Every session process (``python -m bench.capacity --child ours|stock|none``) holds one
 in-process room: a participant whose 48 kHz microphone is fed speech in real time (a turn
 every ``period`` seconds, otherwise the live source's silence) and whose 640x480 camera sends
-15 frames per second, and one agent (``ours``: worker.wiring.build_session; ``stock``: the
+15 frames per second, and one agent (``ours``: worker.session.build_session; ``stock``: the
 stock VoicePipelineAgent; ``none``: no agent, to price the driver itself). The providers run
 in a process of their own (remote in production). Processes are started once and prewarmed
 like job processes (``harness.prewarmed_job_process``), then reused across runs.

@@ -3,7 +3,7 @@ pipelines under test on the in-process room, and the probe that timestamps a rep
 
 The two pipelines (``PIPELINES``):
 
-- ``ours``: :func:`worker.wiring.build_session`, exactly what a job runs.
+- ``ours``: :func:`worker.session.build_session`, exactly what a job runs.
 - ``stock``: the stock livekit-agents 0.12.21 ``VoicePipelineAgent`` with default options, the
   stock Silero plugin, ``deepgram.STT`` and ``deepgram.TTS`` (no segmenter) and the project's
   LLM plugin (the stock openai plugin does not install next to openai 3.x); tools are given to
@@ -48,7 +48,6 @@ from tests.loopback.deepgram_server import DeepgramLoopback, ListenOptions, Spea
 from tests.loopback.openai_server import OpenAIServer, Reply, tokens
 from tests.speech import speak
 from worker.config import Settings, load_settings
-from worker.conversation import close_pipeline_agent
 from worker.local_room import (
     AudioRecorder,
     LocalRoom,
@@ -58,8 +57,9 @@ from worker.local_room import (
     VideoFeed,
     as_rtc_room,
 )
-from worker.providers import load_vad
-from worker.wiring import build_session
+from worker.pipeline.adapter import close_pipeline_agent
+from worker.providers.selection import load_vad
+from worker.session import build_session
 
 logger = logging.getLogger("bench.harness")
 
@@ -792,11 +792,11 @@ async def open_session(
             as_rtc_room(room), user.identity, settings, vad=vad_, http_session=http
         )
         await parts.start()
-        agent = parts.conversation.agent
+        agent = parts.conversation.pipeline.agent
         chat_ctx = parts.conversation.chat_ctx
         close = parts.aclose
     else:
-        from worker.tool_loading import load_user_tools
+        from worker.tools.loading import load_user_tools
 
         fnc_ctx = load_user_tools(opts.tools) if opts.tools else None
         agent = stock_agent(

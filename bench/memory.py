@@ -13,7 +13,7 @@ two hours at one exchange every 10 s; time-driven state (per-second metrics, cam
 only gets the run's real duration.
 
 Reported: RSS after a full collection every few turns, the estimated context tokens
-(``worker.context.estimate_tokens``, same estimator for both) and the media kept. Growth =
+(``worker.pipeline.context.estimate_tokens``, same estimator for both) and the media kept. Growth =
 median of the last three samples - median of the three samples right after the warm-up
 (the first quarter of the turns, at least 40).
 """
@@ -68,7 +68,7 @@ async def _child(
     from livekit.plugins import silero
 
     from plugins.silero_vad import VAD as OursVAD
-    from worker.context import estimate_tokens
+    from worker.pipeline.context import estimate_tokens
 
     from .harness import SessionOptions, open_session, push_speech, voiced_clip
 
@@ -280,7 +280,7 @@ def draw(result: dict[str, Any], path: Path) -> None:
     ax1.set_ylabel("RSS (MB, after gc.collect)")
     ax1.set_title("session process memory")
     ax2.set_ylabel("estimated context tokens")
-    ax2.set_title("context size (worker.context.estimate_tokens)")
+    ax2.set_title("context size (worker.pipeline.context.estimate_tokens)")
     fig.suptitle(
         f"memory: {result['config']['turns']} turns fast-forwarded (audio + image per turn)"
     )

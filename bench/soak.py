@@ -2,7 +2,7 @@
 
 ``python -m bench.soak [--turns 1000] [--sessions 8] [--seed 7] [--json PATH]``
 
-What runs is what a job runs: ``worker.wiring.build_session`` in the in-process room, real
+What runs is what a job runs: ``worker.session.build_session`` in the in-process room, real
 Silero VAD on espeak-ng speech pushed into the participant's microphone in real time, the real
 Deepgram plugin (listen and speak) and the project's LLM plugin against the loopback servers
 (each session has its own, so faults stay per session), the project's tools loaded through
@@ -68,14 +68,14 @@ from tests.loopback.deepgram_server import DeepgramLoopback, ListenOptions, Spea
 from tests.loopback.openai_server import Fault, OpenAIServer, Reply, ToolCall
 from tests.speech import speak
 from worker.config import load_settings
-from worker.context import ContextLimits
-from worker.conversation import ConversationOptions
-from worker.data_messages import CONTROL_TOPIC
 from worker.local_room import LocalRoom, as_rtc_room
-from worker.stt_resilience import ResilientSTT
-from worker.tool_runner import ToolRunnerOptions, tool_options
-from worker.tts_segmenter import SegmentingTTS
-from worker.wiring import build_session
+from worker.pipeline.context import ContextLimits
+from worker.pipeline.conversation import ConversationOptions
+from worker.providers.reconnecting_stt import ReconnectingSTT
+from worker.providers.segmenting_tts import SegmentingTTS
+from worker.room_io.data_messages import CONTROL_TOPIC
+from worker.session import build_session
+from worker.tools.runner import ToolRunningLLMOptions, tool_options
 
 logger = logging.getLogger("bench.soak")
 
@@ -94,7 +94,7 @@ OPTIONS = ConversationOptions(
     instructions="Be brief.",
     context=CONTEXT,
     min_endpointing_delay=0.2,
-    tools=ToolRunnerOptions(
+    tools=ToolRunningLLMOptions(
         default_timeout=2.0,
         apology=APOLOGY,
         # 3 s: a stalled stream is noticed soon, and a loaded machine running many sessions
@@ -405,7 +405,7 @@ class Session:
             "agent_speech_committed",
             "agent_speech_interrupted",
         ):
-            parts.conversation.agent.on(name, lambda *args, _n=name: h.record(_n, *args))
+            parts.conversation.pipeline.on(name, lambda *args, _n=name: h.record(_n, *args))
         await parts.start()
         camera.capture_frame(camera_frame(*CAMERA_SIZE, self.index))
 
@@ -499,10 +499,10 @@ class Session:
 
     # -- faults
 
-    def resilient(self) -> ResilientSTT:
+    def resilient(self) -> ReconnectingSTT:
         assert self.h is not None
-        wrapper = self.h.parts.providers.stt
-        assert isinstance(wrapper, ResilientSTT)
+        wrapper = self.h.parts.stt
+        assert isinstance(wrapper, ReconnectingSTT)
         return wrapper
 
     async def reconnect_stt(self) -> None:
@@ -521,7 +521,7 @@ class Session:
         """The Deepgram TTS keeps its websocket for the next reply; its public
         update_options() drops it, so the next reply opens a new one."""
         assert self.h is not None
-        segmenting = self.h.parts.providers.tts
+        segmenting = self.h.parts.tts
         assert isinstance(segmenting, SegmentingTTS)
         inner = segmenting.inner
         assert isinstance(inner, deepgram.TTS)

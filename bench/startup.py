@@ -73,8 +73,8 @@ async def _child(kind: Pipeline) -> dict[str, Any]:
     from livekit.protocol import models
 
     import worker.entrypoint
-    from worker.conversation import close_pipeline_agent
     from worker.local_room import LocalRoom, as_rtc_room
+    from worker.pipeline.adapter import close_pipeline_agent
 
     from .harness import (
         BENCH_LIVEKIT_ENV,

@@ -8,7 +8,7 @@ tool-call response (``T``):
 - answer start = the answer's first audible frame at the room's recorder - T;
 - tools span = first tool start to last tool end, and how many ran at once.
 
-Ours runs the calls concurrently inside the LLM stream (``worker.tool_runner``); stock gets
+Ours runs the calls concurrently inside the LLM stream (``worker.tools.runner``); stock gets
 the same tools as ``fnc_ctx`` and runs them one after another (pipeline_agent.py:985-1006).
 """
 

@@ -495,7 +495,7 @@ def draw(result: dict[str, Any], path: Path) -> None:
     ax.set_ylabel("false cut-offs")
     ax.set_title("replies started inside an utterance")
     ax.legend()
-    fig.suptitle("voice: ours (worker.wiring) vs stock VoicePipelineAgent 0.12.21")
+    fig.suptitle("voice: ours (worker.session) vs stock VoicePipelineAgent 0.12.21")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -1,6 +1,6 @@
 """Shared fixtures: a whole conversation session on loopback providers in the in-process room.
 
-``make_session`` builds, through ``worker.wiring.build_session``, the session a job would run:
+``make_session`` builds, through ``worker.session.build_session``, the session a job would run:
 real Silero VAD, the real Deepgram plugin (listen and speak) against ``DeepgramLoopback``, the
 project's LLM plugin against ``OpenAIServer``, in a ``LocalRoom`` where a participant ("user")
 publishes a microphone fed with espeak-ng speech in real time and a camera that keeps sending
@@ -36,10 +36,10 @@ from tests.loopback.deepgram_server import DeepgramLoopback, ListenOptions, Spea
 from tests.loopback.openai_server import OpenAIServer, Responder
 from tests.speech import speak
 from worker.config import load_settings
-from worker.conversation import Conversation, ConversationOptions
 from worker.local_room import LocalRoom, Microphone, RemoteParticipant, VideoFeed, as_rtc_room
-from worker.providers import load_vad
-from worker.wiring import SessionParts, build_session
+from worker.pipeline.conversation import Conversation, ConversationOptions
+from worker.providers.selection import load_vad
+from worker.session import SessionParts, build_session
 
 SAMPLE_RATE = 16000
 """Rate the test speech is synthesised at (the microphone resamples it to 48 kHz)."""
@@ -288,7 +288,7 @@ async def build_harness(
     )
     harness = Harness(room=room, user=user, mic=mic, camera=camera, parts=parts, oai=oai, dg=dg)
     for name in AGENT_EVENTS:
-        parts.conversation.agent.on(name, lambda *args, _n=name: harness.record(_n, *args))
+        parts.conversation.pipeline.on(name, lambda *args, _n=name: harness.record(_n, *args))
     harness.start_camera()
     await parts.start()
     return harness

@@ -1,5 +1,5 @@
-"""worker.builtin_tools through the tool runner and the real LLM plugin (loopback OpenAI
-server), and worker.tool_loading on real modules in a temporary package."""
+"""worker.tools.builtin through the tool runner and the real LLM plugin (loopback OpenAI
+server), and worker.tools.loading on real modules in a temporary package."""
 
 from __future__ import annotations
 
@@ -22,9 +22,9 @@ from PIL import Image
 
 from plugins.openai_llm import LLM, LLMOptions
 from tests.loopback.openai_server import OpenAIServer, Reply, ToolCall, scripted
-from worker.builtin_tools import BuiltinTools
-from worker.tool_loading import ToolLoadError, load_user_tools, merge_tools
-from worker.tool_runner import ToolRunnerOptions, ToolRunningLLM
+from worker.tools.builtin import BuiltinTools
+from worker.tools.loading import ToolLoadError, load_user_tools, merge_tools
+from worker.tools.runner import ToolRunningLLM, ToolRunningLLMOptions
 
 CONN = APIConnectOptions(max_retry=0, retry_interval=0.0, timeout=10.0)
 
@@ -65,7 +65,7 @@ async def run_reply(
     server.responder = scripted(Reply(tool_calls=calls), Reply(text=answer))
     runner = ToolRunningLLM(
         LLM(LLMOptions(model="loopback", base_url=server.base_url, api_key="sk-test")),
-        ToolRunnerOptions(),
+        ToolRunningLLMOptions(),
     )
     ctx = ChatContext().append(role="system", text="Be brief.").append(role="user", text="Go.")
     text = ""

@@ -11,7 +11,7 @@ from livekit import rtc
 from livekit.agents import llm
 from livekit.agents.llm import ChatAudio, ChatContext, ChatImage, ChatMessage
 
-from worker.context import (
+from worker.pipeline.context import (
     ContextLimits,
     estimate_message_tokens,
     estimate_tokens,

@@ -27,7 +27,7 @@ FIRST, SECOND = "I would like to book a table", "for two people tomorrow evening
 async def test_a_reply_confirmed_at_a_pause_is_withdrawn_when_the_user_goes_on(
     make_session: SessionFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="worker.conversation")
+    caplog.set_level(logging.INFO, logger="worker.pipeline.conversation")
 
     def respond(body: dict[str, Any]) -> Reply:
         return Reply(text="Sure. A table for two tomorrow evening.", ttft=0.1)

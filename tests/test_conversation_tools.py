@@ -18,7 +18,7 @@ from livekit.agents import llm
 
 from tests.conftest import SessionFactory
 from tests.loopback.openai_server import Reply, ToolCall
-from worker.tool_runner import tool_options
+from worker.tools.runner import tool_options
 
 pytestmark = pytest.mark.timeout(60)  # a hang fails fast (the default is 300 s)
 

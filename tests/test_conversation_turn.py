@@ -17,9 +17,9 @@ from livekit.agents import llm
 
 from tests.conftest import AUDIO_MODEL, SessionFactory
 from tests.loopback.openai_server import Reply
-from worker.context import ContextLimits
-from worker.conversation import ConversationOptions
-from worker.data_messages import CONTROL_TOPIC
+from worker.pipeline.context import ContextLimits
+from worker.pipeline.conversation import ConversationOptions
+from worker.room_io.data_messages import CONTROL_TOPIC
 
 pytestmark = pytest.mark.timeout(60)  # a hang fails fast (the default is 300 s)
 

@@ -14,12 +14,13 @@ from livekit.agents import APIConnectOptions
 
 from tests.conftest import Harness, SessionFactory
 from tests.loopback.openai_server import Fault, OpenAIServer, Reply, scripted
-from worker.conversation import ConversationOptions
-from worker.llm_fallback import ClosingFallbackAdapter, recovery_tasks
-from worker.tool_runner import ToolRunnerOptions
+from worker.pipeline.adapter import fallback_recovery_tasks as recovery_tasks
+from worker.pipeline.conversation import ConversationOptions
+from worker.providers.fallback_llm import FallbackLLM
+from worker.tools.runner import ToolRunningLLMOptions
 
 APOLOGY = "Sorry, I lost my train of thought. Please say that again."
-FAST_RETRIES = ToolRunnerOptions(
+FAST_RETRIES = ToolRunningLLMOptions(
     apology=APOLOGY,
     # short timeout (a stalled stream is noticed in 1.5 s) and short pauses between retries
     llm_conn_options=APIConnectOptions(max_retry=3, retry_interval=0.3, timeout=1.5),
@@ -150,8 +151,8 @@ async def test_a_fallback_llm_takes_over_when_the_primary_fails(
             options=OPTIONS,
             env={"LLM_FALLBACK_BASE_URL": fallback.base_url, "LLM_FALLBACK_MODEL": "backup"},
         )
-        adapter = h.parts.providers.llm
-        assert isinstance(adapter, ClosingFallbackAdapter)
+        adapter = h.parts.llm.inner
+        assert isinstance(adapter, FallbackLLM)
 
         assert await take_turn(h, "first question", 1) == "Fallback here."
         # the primary was tried (and retried once) before the fallback answered

@@ -28,7 +28,7 @@ from PIL import Image
 
 from tests.conftest import Harness, SessionFactory
 from tests.loopback.openai_server import Reply
-from worker.video_capture import ENCODABLE, ImageOptions, encode_image
+from worker.room_io.video import ENCODABLE, ImageOptions, encode_image
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -26,8 +26,8 @@ from tests.conftest import SessionFactory
 from tests.loopback.openai_server import Reply
 from worker import redaction
 from worker.config import ConfigError, load_settings
-from worker.data_messages import CONTROL_TOPIC
-from worker.providers import NO_KEY, build_fallback_llm
+from worker.providers.selection import NO_KEY, build_fallback_llm
+from worker.room_io.data_messages import CONTROL_TOPIC
 
 REPO = Path(__file__).resolve().parent.parent
 RESERVED = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
@@ -182,6 +182,7 @@ async def test_the_fallback_llm_never_gets_the_openai_key_on_another_host(
 ) -> None:
     settings = load_settings({"OPENAI_API_KEY": "sk-openai", **env}, dotenv=None)
     fallback = build_fallback_llm(settings)
+    assert fallback is not None
     try:
         assert fallback.options.api_key == expected
     finally:

@@ -2,7 +2,8 @@
 websocket upgrade), with the real Deepgram plugin in front of the loopback server.
 
 The plugin reconnects a dropped socket by itself; a refused one ends its stream for good (the
-agent would go deaf), which ``worker.stt_resilience.ResilientSTT`` turns into a replacement
+agent would go deaf), which ``ReconnectingSTT`` (worker.providers.reconnecting_stt) turns into a
+replacement
 stream after a backoff, keeping the audio spoken meanwhile. Through a whole session: the
 agent keeps hearing, answers the next turn, reports the failures in the metrics, leaks no key.
 """
@@ -22,7 +23,7 @@ from tests.conftest import Harness, SessionFactory
 from tests.loopback.deepgram_server import DeepgramLoopback
 from tests.loopback.openai_server import Reply
 from tests.speech import speak
-from worker.stt_resilience import ReconnectOptions, ResilientSTT
+from worker.providers.reconnecting_stt import ReconnectingSTT, ReconnectingSTTOptions
 
 
 def answer(body: dict[str, Any]) -> Reply:
@@ -36,9 +37,9 @@ def stt_errors(h: Harness) -> list[str]:
     return [m["error"] for m in messages if m["type"] == "stt" and m["error"]]
 
 
-def resilient(h: Harness) -> ResilientSTT:
-    wrapper = h.parts.providers.stt
-    assert isinstance(wrapper, ResilientSTT)
+def resilient(h: Harness) -> ReconnectingSTT:
+    wrapper = h.parts.stt
+    assert isinstance(wrapper, ReconnectingSTT)
     return wrapper
 
 
@@ -112,9 +113,9 @@ async def test_a_resilient_stream_outlives_refusals_and_ends_with_its_input() ->
     async with DeepgramLoopback() as server, aiohttp.ClientSession() as http:
         server.listen_faults.refuse_connections = 2
         server.transcripts.append("hello there")
-        wrapper = ResilientSTT(
+        wrapper = ReconnectingSTT(
             deepgram.STT(base_url=server.stt_url, http_session=http, api_key="fake-key"),
-            ReconnectOptions(first_delay=0.05, max_delay=0.2, max_buffer_seconds=10.0),
+            ReconnectingSTTOptions(first_delay=0.05, max_delay=0.2, max_buffer_seconds=10.0),
         )
         errors: list[Any] = []
         wrapper.on("metrics_collected", lambda m: errors.append(m.error) if m.error else None)
@@ -148,9 +149,9 @@ async def test_a_resilient_stream_outlives_refusals_and_ends_with_its_input() ->
 async def test_the_audio_kept_during_an_outage_is_bounded() -> None:
     async with DeepgramLoopback() as server, aiohttp.ClientSession() as http:
         server.listen_faults.refuse_connections = 1
-        wrapper = ResilientSTT(
+        wrapper = ReconnectingSTT(
             deepgram.STT(base_url=server.stt_url, http_session=http, api_key="fake-key"),
-            ReconnectOptions(first_delay=0.3, max_buffer_seconds=1.0),
+            ReconnectingSTTOptions(first_delay=0.3, max_buffer_seconds=1.0),
         )
         stream = wrapper.stream()
         await server.wait_until(lambda: len(server.refused) == 1)

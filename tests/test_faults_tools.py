@@ -19,7 +19,7 @@ from livekit.agents import llm
 
 from tests.conftest import SessionFactory
 from tests.loopback.openai_server import Reply, ToolCall, scripted
-from worker.tool_runner import ToolRunnerOptions
+from worker.tools.runner import ToolRunningLLMOptions
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -27,7 +27,7 @@ TOOLS_ENV = {"AGENT_TOOLS": "tests.test_faults_tools:Targets"}
 CALLS: list[tuple[str, dict[str, Any]]] = []
 """Every tool that actually ran, with its arguments."""
 HUGE_RESULT = "x" * 1_000_000
-MAX_RESULT = ToolRunnerOptions().max_result_chars
+MAX_RESULT = ToolRunningLLMOptions().max_result_chars
 
 
 class Targets(llm.FunctionContext):

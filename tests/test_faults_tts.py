@@ -22,8 +22,13 @@ from livekit.plugins import deepgram
 from tests.conftest import Harness, SessionFactory
 from tests.loopback.deepgram_server import DeepgramLoopback
 from tests.loopback.openai_server import Reply, scripted
-from worker.provider_errors import ProviderError
-from worker.tts_segmenter import SegmentingTTS, SegmentRetryOptions, _without_own_retries
+from worker.pipeline.adapter import without_retries as _without_own_retries
+from worker.providers.errors import ProviderError
+from worker.providers.segmenting_tts import (
+    SegmentingTTS,
+    SegmentingTTSOptions,
+    SegmentRetryOptions,
+)
 
 SENTENCES = [
     "Sure, I can help you with that right away.",
@@ -45,7 +50,9 @@ async def server() -> AsyncIterator[DeepgramLoopback]:
 async def segmenting(server: DeepgramLoopback) -> AsyncIterator[tuple[SegmentingTTS, list[Any]]]:
     async with aiohttp.ClientSession() as http:
         inner = deepgram.TTS(base_url=server.tts_url, http_session=http, api_key="fake-key")
-        wrapper = SegmentingTTS(inner, retry=SegmentRetryOptions(retry_delay=0.05))
+        wrapper = SegmentingTTS(
+            inner, SegmentingTTSOptions(retry=SegmentRetryOptions(retry_delay=0.05))
+        )
         errors: list[Any] = []
         wrapper.on("metrics_collected", lambda m: errors.append(m.error) if m.error else None)
         try:

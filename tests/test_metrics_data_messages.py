@@ -11,14 +11,14 @@ from collections.abc import AsyncIterator
 import pytest
 from livekit import rtc
 
-from worker.data_messages import (
+from worker.local_room import LocalRoom, RemoteParticipant
+from worker.room_io.data_messages import (
     CONTROL_TOPIC,
     ControlCommand,
     DataMessageRouter,
     Interrupt,
     Say,
 )
-from worker.local_room import LocalRoom, RemoteParticipant
 
 
 @pytest.fixture
@@ -68,7 +68,7 @@ def test_unknown_topics_are_ignored(
     user.send_data(b"\xff" * 100_000, topic="agent.metrics")
     assert received == []
     assert router.stats()["ignored"] == 3
-    assert not [r for r in caplog.records if r.name == "worker.data_messages"]
+    assert not [r for r in caplog.records if r.name == "worker.room_io.data_messages"]
 
 
 def test_oversized_is_rejected_before_parsing(
@@ -134,11 +134,11 @@ def test_hostile_payloads_are_rejected_by_kind(
 def test_each_bad_kind_is_logged_once(
     user: RemoteParticipant, router: DataMessageRouter, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="worker.data_messages")
+    caplog.set_level(logging.WARNING, logger="worker.room_io.data_messages")
     for data, _ in HOSTILE * 3:
         user.send_data(data, topic=CONTROL_TOPIC)
     kinds = {kind for _, kind in HOSTILE}
-    warnings = [r for r in caplog.records if r.name == "worker.data_messages"]
+    warnings = [r for r in caplog.records if r.name == "worker.room_io.data_messages"]
     assert sorted(r.reason for r in warnings) == sorted(kinds)  # type: ignore[attr-defined]
     stats = router.stats()
     assert sum(stats[k] for k in kinds) == 3 * len(HOSTILE)

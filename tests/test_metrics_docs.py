@@ -10,9 +10,9 @@ from typing import Any
 from livekit.agents.metrics import UsageSummary
 
 from tests.test_metrics_payloads import TS, eou, llm, stt, tts, vad
-from worker.data_messages import DataMessageRouter
-from worker.metrics_payloads import TurnCounts, VadAggregator, metric_payload, session_payload
-from worker.turns import TurnTracker
+from worker.metrics.payloads import TurnCounts, VadAggregator, metric_payload, session_payload
+from worker.metrics.turns import TurnTracker
+from worker.room_io.data_messages import DataMessageRouter
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "metrics.md"
 

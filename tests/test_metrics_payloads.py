@@ -15,7 +15,7 @@ from livekit.agents.metrics import (
     UsageSummary,
 )
 
-from worker.metrics_payloads import (
+from worker.metrics.payloads import (
     MAX_PAYLOAD_BYTES,
     TurnCounts,
     VadAggregator,

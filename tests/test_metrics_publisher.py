@@ -1,4 +1,4 @@
-"""MetricsPublisher / SessionMetrics against the in-process room (worker/local_room.py)."""
+"""MetricsPublisher / SessionMetrics against the in-process room (worker/local_room/room.py)."""
 
 from __future__ import annotations
 
@@ -19,11 +19,11 @@ from livekit.agents.metrics import (
     PipelineVADMetrics,
 )
 
-from worker.data_messages import DataMessageRouter
 from worker.local_room import LocalParticipant, LocalRoom
-from worker.metrics import JsonlFileSink, MetricsOptions, RoomSink, SessionMetrics
-from worker.metrics_payloads import MAX_PAYLOAD_BYTES
-from worker.metrics_publisher import DataPublisher, MetricsPublisher
+from worker.metrics.collector import JsonlFileSink, MetricsOptions, RoomSink, SessionMetrics
+from worker.metrics.payloads import MAX_PAYLOAD_BYTES
+from worker.metrics.publisher import DataPublisher, MetricsPublisher
+from worker.room_io.data_messages import DataMessageRouter
 
 TOPIC = "agent.metrics"
 
@@ -138,7 +138,7 @@ async def test_failing_room_is_logged_once_and_the_count_survives(
     publisher = MetricsPublisher([RoomSink(participant)], topic=TOPIC)
     publisher.start()
     await room.disconnect()  # publish_data now raises PublishDataError
-    caplog.set_level(logging.DEBUG, logger="worker.metrics_publisher")
+    caplog.set_level(logging.DEBUG, logger="worker.metrics.publisher")
     for i in range(5):
         publisher.publish({"v": 1, "type": "llm", "ts": 1.0, "n": i})
     await participant.wait_calls(5)

@@ -14,7 +14,7 @@ from livekit.agents.metrics import (
     PipelineVADMetrics,
 )
 
-from worker.turns import TurnTracker
+from worker.metrics.turns import TurnTracker
 
 WALL = 1_700_000_100.0
 

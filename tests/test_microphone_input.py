@@ -10,11 +10,12 @@ from livekit import rtc
 from tests.conftest import eventually, open_ffi_subscriptions
 from tests.loopback.deepgram_server import DeepgramLoopback
 from tests.speech import speak
-from worker.audio_capture import TappedVAD
 from worker.config import load_settings
 from worker.local_room import LocalRoom, as_rtc_room
-from worker.microphone_input import INPUT_FRAME_MS, INPUT_SAMPLE_RATE, MicrophoneInput
-from worker.providers import build_providers, load_vad
+from worker.pipeline.adapter import MicrophoneInput
+from worker.providers.selection import build_stt, load_vad
+from worker.room_io.microphone import INPUT_FRAME_MS, INPUT_SAMPLE_RATE
+from worker.room_io.utterance_audio import TappedVAD
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -31,7 +32,7 @@ async def test_the_microphone_is_heard_in_50_ms_frames_and_its_stream_closed() -
             },
             dotenv=None,
         )
-        providers = build_providers(settings, vad=load_vad(), http_session=http)
+        speech_to_text = build_stt(settings, http_session=http)
         room = LocalRoom()
         user = room.add_participant("user")
         mic = user.publish_microphone()
@@ -44,7 +45,7 @@ async def test_the_microphone_is_heard_in_50_ms_frames_and_its_stream_closed() -
         heard = MicrophoneInput(
             room=rtc_room,
             vad=TappedVAD(load_vad(), on_frame=frames.append, on_event=lambda ev: None),
-            stt=providers.stt,
+            stt=speech_to_text,
             participant=rtc_room.remote_participants[user.identity],
             transcription=False,
         )
@@ -65,6 +66,6 @@ async def test_the_microphone_is_heard_in_50_ms_frames_and_its_stream_closed() -
             }
         finally:
             await heard.aclose()
-            await providers.aclose()
+            await speech_to_text.aclose()
         # both streams gone: 0.12's (closed unread) and ours (0.12 leaves its own open)
         assert open_ffi_subscriptions() == before

@@ -34,7 +34,7 @@ from tests.speech import resample, silence, speak, write_wav
 from worker import talk
 from worker.cli import main
 from worker.config import ConfigError
-from worker.local_llm import LOCAL_MODEL_NAME
+from worker.providers.local_llm_server import LOCAL_MODEL_NAME
 
 REPO = Path(__file__).resolve().parent.parent
 QUESTION = "What is the capital of France?"

@@ -1,4 +1,4 @@
-"""worker.tool_runner through the real LLM plugin against the loopback OpenAI server.
+"""worker.tools.runner through the real LLM plugin against the loopback OpenAI server.
 
 Every test drives ``ToolRunningLLM(plugins.openai_llm.LLM(...))`` over HTTP/SSE: the tools are
 real FunctionContext methods that record perf_counter stamps, and the assertions are on those
@@ -22,10 +22,10 @@ from livekit.agents.metrics import LLMMetrics
 
 from plugins.openai_llm import LLM, LLMOptions
 from tests.loopback.openai_server import Fault, OpenAIServer, Reply, ToolCall, scripted
-from worker.tool_runner import (
+from worker.tools.runner import (
     ToolRoundsStream,
-    ToolRunnerOptions,
     ToolRunningLLM,
+    ToolRunningLLMOptions,
     tool_options,
 )
 
@@ -126,7 +126,7 @@ async def server() -> AsyncIterator[OpenAIServer]:
 
 def make_runner(server: OpenAIServer, **options: Any) -> ToolRunningLLM:
     inner = LLM(LLMOptions(model="loopback", base_url=server.base_url, api_key="sk-test"))
-    return ToolRunningLLM(inner, ToolRunnerOptions(**options))
+    return ToolRunningLLM(inner, ToolRunningLLMOptions(**options))
 
 
 def start_chat(runner: ToolRunningLLM, tools: FunctionContext | None) -> ToolRoundsStream:
@@ -551,7 +551,7 @@ async def test_one_llm_metrics_per_round_is_forwarded_and_none_merged(
 async def test_llm_failing_before_any_text_speaks_the_apology() -> None:
     async with OpenAIServer(lambda body: Fault(status=400, message="bad request")) as server:
         inner = LLM(LLMOptions(base_url=server.base_url, api_key="sk-test"))
-        runner = ToolRunningLLM(inner, ToolRunnerOptions(apology="Sorry, say again?"))
+        runner = ToolRunningLLM(inner, ToolRunningLLMOptions(apology="Sorry, say again?"))
         ctx = llm.ChatContext().append(role="user", text="hi")
         stream = runner.chat(chat_ctx=ctx)
         text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
@@ -565,7 +565,7 @@ async def test_llm_failing_after_some_text_does_not_repeat_or_apologise() -> Non
     reply = Reply(text="The answer is forty two and more words follow.", drop_after=3)
     async with OpenAIServer(lambda body: reply) as server:
         inner = LLM(LLMOptions(base_url=server.base_url, api_key="sk-test"))
-        runner = ToolRunningLLM(inner, ToolRunnerOptions(apology="Sorry, say again?"))
+        runner = ToolRunningLLM(inner, ToolRunningLLMOptions(apology="Sorry, say again?"))
         ctx = llm.ChatContext().append(role="user", text="hi")
         stream = runner.chat(chat_ctx=ctx)
         text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])

@@ -19,7 +19,7 @@ from livekit.agents.metrics import TTSMetrics
 from livekit.plugins import deepgram
 
 from tests.loopback.deepgram_server import DeepgramLoopback
-from worker.tts_segmenter import SegmenterOptions, SegmentingTTS, TextSegmenter
+from worker.providers.segmenting_tts import SegmenterOptions, SegmentingTTS, TextSegmenter
 
 SENTENCES = [
     "Sure, I can help you with that right away.",

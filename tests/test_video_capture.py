@@ -13,7 +13,7 @@ from PIL import Image
 
 from tests.conftest import camera_frame, eventually, open_ffi_subscriptions
 from worker.local_room import LocalRoom, VideoFeed, as_rtc_room
-from worker.video_capture import ImageOptions, VideoCapture
+from worker.room_io.video import ImageOptions, VideoCapture
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -41,7 +41,7 @@ from livekit.agents.metrics import (
 
 from worker.config import Settings, load_settings
 from worker.local_room import LocalRoom
-from worker.metrics import MetricsOptions, RoomSink, SessionMetrics
+from worker.metrics.collector import MetricsOptions, RoomSink, SessionMetrics
 from worker.web import STATIC_DIR, create_app
 
 ROOT = Path(__file__).resolve().parent.parent

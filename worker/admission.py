@@ -12,7 +12,8 @@ import logging
 from dataclasses import dataclass
 
 from livekit.agents import JobRequest, Worker
-from livekit.agents.worker import _DefaultLoadCalc
+
+from worker.pipeline.adapter import cpu_load
 
 logger = logging.getLogger("worker.admission")
 
@@ -42,7 +43,7 @@ class JobLimiter:
         self._worker = worker
         if self.running >= self._opts.max_jobs:
             return 1.0
-        return min(_DefaultLoadCalc.get_load(worker), 1.0)
+        return min(cpu_load(worker), 1.0)
 
     async def request(self, req: JobRequest) -> None:
         if self.running >= self._opts.max_jobs:

@@ -17,8 +17,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import NoReturn
 
-from .config import ConfigError, Need, Settings, load_settings
-from .redaction import install_log_redaction, redact
+from worker.config import ConfigError, Need, Settings, load_settings
+from worker.redaction import install_log_redaction, redact
 
 FRAMEWORK_COMMANDS = {
     "start": "run the worker in production mode (drains running jobs on SIGTERM)",
@@ -67,12 +67,12 @@ def _help() -> str:
 def _run_framework(command: str, argv: list[str]) -> None:
     from livekit.agents import cli
 
-    from .entrypoint import WORKER_NEEDS, worker_options
+    from worker.entrypoint import WORKER_NEEDS, worker_options
 
     needs = () if command == "download-files" or "--help" in argv else WORKER_NEEDS
     settings = _settings(needs)
     if settings.tools and needs:
-        from .tool_loading import ToolLoadError, load_user_tools
+        from worker.tools.loading import ToolLoadError, load_user_tools
 
         try:  # fail at start-up, not in the first job
             load_user_tools(settings.tools)
@@ -208,9 +208,10 @@ Exit status: 0 done, 1 the agent did not answer, 2 bad arguments or configuratio
 
 
 def _talk(argv: list[str]) -> None:
+    from worker.providers.local_llm_server import LocalLLMError
+    from worker.tools.loading import ToolLoadError
+
     from . import talk
-    from .local_llm import LocalLLMError
-    from .tool_loading import ToolLoadError
 
     parser = argparse.ArgumentParser(
         prog="python -m worker talk",
@@ -283,7 +284,7 @@ def _talk(argv: list[str]) -> None:
 
 
 def _web(argv: list[str]) -> None:
-    from .web import web_command
+    from worker.web import web_command
 
     web_command(argv)
 

@@ -13,11 +13,11 @@ import logging
 
 from livekit.agents import JobContext, JobProcess, WorkerOptions
 
-from .admission import AdmissionOptions, JobLimiter
-from .config import Need, Settings, load_settings
-from .providers import load_vad, prewarm_providers
-from .redaction import install_log_redaction
-from .session import run_session
+from worker.admission import AdmissionOptions, JobLimiter
+from worker.config import Need, Settings, load_settings
+from worker.job import run_session
+from worker.providers.selection import load_vad, prewarm_providers
+from worker.redaction import install_log_redaction
 
 logger = logging.getLogger("worker.entrypoint")
 

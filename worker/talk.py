@@ -1,6 +1,6 @@
 """``python -m worker talk``: one conversation with the agent from a WAV file, no server needed.
 
-The session is the one a room job builds (:func:`worker.wiring.build_session`), in the
+The session is the one a room job builds (:func:`worker.session.build_session`), in the
 in-process :class:`~worker.local_room.LocalRoom`: INPUT.wav is the participant's microphone,
 played in real time; an optional image is their camera; the agent's audio track is recorded
 to a WAV; every metrics data message also goes to a JSONL file (:class:`JsonlFileSink`).
@@ -41,13 +41,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .config import ConfigError, Settings, load_settings, read_dotenv
+from worker.config import ConfigError, Settings, load_settings, read_dotenv
 
 if TYPE_CHECKING:
     from livekit import rtc
     from livekit.agents import vad as agents_vad
 
-    from .local_room import LocalRoom, Microphone, VideoFeed
+    from worker.local_room import LocalRoom, Microphone, VideoFeed
 
 logger = logging.getLogger("worker.talk")
 
@@ -107,7 +107,7 @@ def talk_config(
 
     Raises :class:`ConfigError` with every problem (the settings' own and the provider choice).
     """
-    from .local_llm import LOCAL_MODEL_NAME
+    from worker.providers.local_llm_server import LOCAL_MODEL_NAME
 
     env: dict[str, str] = {}
     if dotenv is not None and dotenv.is_file():
@@ -451,7 +451,7 @@ async def run_talk(
     Everything started here is closed before it returns (or raises): camera feed, session,
     room, local LLM server.
     """
-    from .local_llm import LocalLLMServer
+    from worker.providers.local_llm_server import LocalLLMServer
 
     async with contextlib.AsyncExitStack() as stack:
         base_url: str | None = None
@@ -483,7 +483,7 @@ def _say(quiet: bool, message: str) -> None:
 
 async def _load_models(settings: Settings) -> agents_vad.VAD:
     """The VAD and the local STT/TTS models (blocking loads, in a thread)."""
-    from .providers import load_vad, prewarm_providers
+    from worker.providers.selection import load_vad, prewarm_providers
 
     def load() -> agents_vad.VAD:
         vad = load_vad()
@@ -504,9 +504,9 @@ async def _converse(
 ) -> TalkResult:
     import aiohttp
 
-    from .local_room import LocalRoom, as_rtc_room
-    from .metrics import JsonlFileSink, MetricsSink
-    from .wiring import build_session
+    from worker.local_room import LocalRoom, as_rtc_room
+    from worker.metrics.collector import JsonlFileSink, MetricsSink
+    from worker.session import build_session
 
     room = LocalRoom("talk", agent_identity=settings.agent_identity or "agent")
     stack.push_async_callback(room.aclose)

@@ -30,8 +30,8 @@ from typing import Any, Final, NoReturn
 
 from aiohttp import web
 
-from .config import ConfigError, Settings, load_settings
-from .redaction import install_log_redaction
+from worker.config import ConfigError, Settings, load_settings
+from worker.redaction import install_log_redaction
 
 logger = logging.getLogger("worker.web")
 
@@ -151,7 +151,7 @@ class _Handlers:
         )
 
     async def token(self, request: web.Request) -> web.Response:
-        from .cli import mint_token  # the CLI's token, one definition of the grants
+        from worker.cli import mint_token  # the CLI's token, one definition of the grants
 
         if not tokens_enabled(self._settings):
             return _json_error(503, tokens_disabled_reason(self._settings))

@@ -44,7 +44,9 @@ def image_url(image: ChatImage, max_size: int, quality: int) -> str:
 
     A frame is scaled down (never up) to fit `inference_width` x `inference_height` if set,
     else a `max_size` square, and encoded once: the data URL is kept in `image._cache`, so a
-    rolling context that re-sends the image costs nothing.
+    rolling context that re-sends the image costs nothing. (``ChatImage._cache`` is private by
+    name but documented by 0.12 as the cache "used internally by LLM implementations": the
+    plugin contract, as LiveKit's own OpenAI plugin uses it.)
     """
     if isinstance(image.image, str):
         return image.image

@@ -30,6 +30,8 @@ from livekit.agents.llm import (
     FunctionCallInfo,
     FunctionContext,
     FunctionInfo,
+    # private by name, but what an LLM plugin calls to turn a streamed tool call into a
+    # validated FunctionCallInfo (LiveKit's own OpenAI plugin does the same)
     _create_ai_function_info,
 )
 

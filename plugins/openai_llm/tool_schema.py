@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import inspect
+import types
 import typing
 from typing import Any
 
 from livekit.agents.llm import FunctionArgInfo, FunctionContext, FunctionInfo
-from livekit.agents.llm.function_context import _is_optional_type
 
 _JSON_TYPES: dict[type, str] = {str: "string", int: "integer", float: "number", bool: "boolean"}
 
@@ -19,9 +19,17 @@ def _json_type(t: type) -> str:
         raise ValueError(f"unsupported argument type {t!r}") from None
 
 
+def _without_none(t: Any) -> Any:
+    """``X | None`` -> ``X`` (the framework accepts optional arguments of one type)."""
+    if typing.get_origin(t) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(t) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return t
+
+
 def _property(arg: FunctionArgInfo) -> dict[str, Any]:
-    is_optional, inner = _is_optional_type(arg.type)
-    t = inner if is_optional else arg.type
+    t = _without_none(arg.type)
     prop: dict[str, Any] = {}
     if arg.description:
         prop["description"] = arg.description

@@ -11,7 +11,7 @@ from livekit.plugins import silero
 from .state_carry import StateCarryingSession
 
 if TYPE_CHECKING:
-    # Type only: the options dataclass VAD.load() builds and passes to __init__.
+    # Type only (private in 0.7.6, no public name): the options VAD.load() passes to __init__.
     from livekit.plugins.silero.vad import _VADOptions
 
 logger = logging.getLogger("plugins.silero_vad")

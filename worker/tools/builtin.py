@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from livekit.agents import llm
 
-from .tool_runner import ToolResult, tool_options
+from worker.tools.runner import ToolResult, tool_options
 
 
 class BuiltinTools(llm.FunctionContext):

@@ -28,7 +28,9 @@ from typing import Any, Literal, TypeVar
 from livekit.agents import APIError, llm, utils
 from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, APIConnectOptions
 
-logger = logging.getLogger("worker.tool_runner")
+from worker.providers.wrapper import Wrapper
+
+logger = logging.getLogger("worker.tools.runner")
 
 TOOL_OPTIONS_ATTR = "__worker_tool_options__"
 F = TypeVar("F", bound=Callable[..., Any])
@@ -63,7 +65,7 @@ class ToolResult:
 
 
 @dataclass(frozen=True)
-class ToolRunnerOptions:
+class ToolRunningLLMOptions:
     default_timeout: float = 10.0
     max_rounds: int = 3
     """Tool rounds per reply; the last request is sent without tools so the model answers."""
@@ -103,27 +105,19 @@ def _as_text(value: Any, limit: int) -> str:
     return text
 
 
-class ToolRunningLLM(llm.LLM):
+class ToolRunningLLM(Wrapper[llm.LLM], llm.LLM):
     """Wraps an LLM so that tool calls run concurrently inside the stream."""
 
-    def __init__(self, inner: llm.LLM, options: ToolRunnerOptions | None = None) -> None:
+    def __init__(self, inner: llm.LLM, options: ToolRunningLLMOptions | None = None) -> None:
         super().__init__(capabilities=inner.capabilities)
-        self._inner = inner
-        self._opts = options or ToolRunnerOptions()
+        self._own_inner(inner)
+        self._opts = options or ToolRunningLLMOptions()
         self._background: set[asyncio.Task[Any]] = set()
         self._streams: weakref.WeakSet[ToolRoundsStream] = weakref.WeakSet()
-        inner.on("metrics_collected", self._forward_metrics)
 
     @property
-    def inner(self) -> llm.LLM:
-        return self._inner
-
-    @property
-    def options(self) -> ToolRunnerOptions:
+    def options(self) -> ToolRunningLLMOptions:
         return self._opts
-
-    def _forward_metrics(self, metrics: Any) -> None:
-        self.emit("metrics_collected", metrics)
 
     def keep_running(self, task: asyncio.Task[Any]) -> None:
         """Own a tool task that outlived its round (a run-to-end tool after a barge-in or its
@@ -163,8 +157,7 @@ class ToolRunningLLM(llm.LLM):
         for stream in list(self._streams):
             await stream.aclose()
         await asyncio.gather(*self._background, return_exceptions=True)
-        self._inner.off("metrics_collected", self._forward_metrics)
-        await self._inner.aclose()
+        await self._close_inner()
 
 
 class ToolRoundsStream(llm.LLMStream):

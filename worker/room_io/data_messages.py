@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final, Generic, Protocol, TypeVar
 
-logger = logging.getLogger("worker.data_messages")
+logger = logging.getLogger("worker.room_io.data_messages")
 
 CONTROL_TOPIC: Final = "agent.control"
 MAX_SAY_CHARS: Final = 500

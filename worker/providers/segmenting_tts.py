@@ -3,8 +3,8 @@
 Why: VoicePipelineAgent pushes every LLM token into ONE ``tts.stream()`` and calls
 ``end_input()`` (the only flush) after the last token (pipeline/agent_output.py). The Deepgram
 0.7.4 ``SynthesizeStream`` turns each ``flush()`` into one Deepgram ``Flush`` and the provider
-synthesises only on ``Flush``, so synthesis starts once the LLM has finished the whole reply:
-~0.55 s of end-to-end latency for a two-sentence answer at 50 tokens/s.
+synthesises only on ``Flush``, so synthesis starts once the LLM has finished the whole reply
+(the cost is measured side by side with stock 0.12 in bench/voice.py).
 
 :class:`SegmentingTTS` wraps any streaming TTS. Its stream cuts the incoming text into segments
 with :class:`TextSegmenter` (the framework's sentence tokenizer, with a small minimum for the
@@ -33,17 +33,17 @@ import asyncio
 import dataclasses
 import logging
 import re
-import time
 from collections.abc import AsyncIterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from livekit import rtc
 from livekit.agents import APIConnectOptions, tokenize, tts, utils
-from livekit.agents.metrics import TTSMetrics
 
-from .provider_errors import ProviderError
+from worker.pipeline.adapter import TTSFlush, tts_conn_options, without_retries
+from worker.providers.errors import failure_metric
+from worker.providers.wrapper import Wrapper
 
-logger = logging.getLogger("worker.tts_segmenter")
+logger = logging.getLogger("worker.providers.segmenting_tts")
 
 _WHITESPACE = re.compile(r"\s+")
 _SENTENCE_MARKS = (".", "!", "?")
@@ -174,20 +174,20 @@ class SegmentRetryOptions:
     like speech, and commits its text. The failure is reported as a TTSMetrics error."""
 
 
-class SegmentingTTS(tts.TTS):
+@dataclass(frozen=True)
+class SegmentingTTSOptions:
+    segments: SegmenterOptions = field(default_factory=SegmenterOptions)
+    retry: SegmentRetryOptions = field(default_factory=SegmentRetryOptions)
+
+
+class SegmentingTTS(Wrapper[tts.TTS], tts.TTS):
     """Wraps a streaming TTS so its streams flush at every text segment (see module docstring).
 
     The wrapper owns ``inner``: :meth:`aclose` closes it. ``synthesize()`` and ``prewarm()`` go
     straight to ``inner``; capabilities, sample rate and channels are ``inner``'s.
     """
 
-    def __init__(
-        self,
-        inner: tts.TTS,
-        *,
-        options: SegmenterOptions | None = None,
-        retry: SegmentRetryOptions | None = None,
-    ) -> None:
+    def __init__(self, inner: tts.TTS, options: SegmentingTTSOptions | None = None) -> None:
         if not inner.capabilities.streaming:
             raise ValueError(
                 "SegmentingTTS needs a streaming TTS (wrap others in tts.StreamAdapter instead)"
@@ -197,22 +197,16 @@ class SegmentingTTS(tts.TTS):
             sample_rate=inner.sample_rate,
             num_channels=inner.num_channels,
         )
-        self._inner = inner
-        self._opts = options or SegmenterOptions()
-        self._retry = retry or SegmentRetryOptions()
-        inner.on("metrics_collected", self._forward_metrics)
-
-    @property
-    def inner(self) -> tts.TTS:
-        return self._inner
+        self._own_inner(inner)
+        self._opts = options or SegmentingTTSOptions()
 
     @property
     def options(self) -> SegmenterOptions:
-        return self._opts
+        return self._opts.segments
 
     @property
     def retry(self) -> SegmentRetryOptions:
-        return self._retry
+        return self._opts.retry
 
     @property
     def sample_rate(self) -> int:
@@ -221,9 +215,6 @@ class SegmentingTTS(tts.TTS):
     @property
     def num_channels(self) -> int:
         return self._inner.num_channels
-
-    def _forward_metrics(self, metrics: TTSMetrics) -> None:
-        self.emit("metrics_collected", metrics)
 
     def synthesize(
         self, text: str, *, conn_options: APIConnectOptions | None = None
@@ -237,8 +228,7 @@ class SegmentingTTS(tts.TTS):
         self._inner.prewarm()
 
     async def aclose(self) -> None:
-        self._inner.off("metrics_collected", self._forward_metrics)
-        await self._inner.aclose()
+        await self._close_inner()
 
 
 @dataclass
@@ -255,7 +245,7 @@ class SegmentingStream(tts.SynthesizeStream):
     ) -> None:
         # Retries happen here, per segment (see SegmentRetryOptions); the framework's retry of
         # this stream would replay nothing (the input is consumed), so it is off.
-        own = dataclasses.replace(conn_options or tts._conn_options, max_retry=0)
+        own = dataclasses.replace(conn_options or tts_conn_options(tts), max_retry=0)
         super().__init__(tts=tts, conn_options=own)
         self._wrapper = tts
         self._inner_conn_options = conn_options
@@ -300,7 +290,7 @@ class SegmentingStream(tts.SynthesizeStream):
                 self._segments_changed.set()
 
         async for data in self._input_ch:
-            if isinstance(data, self._FlushSentinel):
+            if isinstance(data, TTSFlush):
                 add(segmenter.flush(), caller_flush=True)
             else:
                 add(segmenter.push(data), caller_flush=False)
@@ -311,7 +301,7 @@ class SegmentingStream(tts.SynthesizeStream):
     async def _synthesize(self) -> None:
         retry = self._wrapper.retry
         for attempt in range(1, retry.max_attempts + 1):
-            inner = _without_own_retries(
+            inner = without_retries(
                 self._wrapper.inner.stream(conn_options=self._inner_conn_options)
             )
             try:
@@ -413,35 +403,12 @@ class SegmentingStream(tts.SynthesizeStream):
             await self._segments_changed.wait()
 
     def _report_failure(self, error: Exception, *, recovered: bool) -> None:
-        reason = type(error).__name__
         logger.warning(
             "TTS failed; %s",
             "retrying" if recovered else "the rest of the reply is text only",
-            extra={"error": reason, "failures": self.failures},
+            extra={"error": type(error).__name__, "failures": self.failures},
         )
         self._wrapper.emit(
             "metrics_collected",
-            TTSMetrics(
-                request_id="",
-                timestamp=time.time(),
-                ttfb=-1.0,
-                duration=0.0,
-                audio_duration=0.0,
-                cancelled=False,
-                characters_count=0,
-                label=self._wrapper.label,
-                streamed=True,
-                error=ProviderError(reason=reason, recovered=recovered),
-            ),
+            failure_metric("tts", label=self._wrapper.label, error=error, recovered=recovered),
         )
-
-
-def _without_own_retries(stream: tts.SynthesizeStream) -> tts.SynthesizeStream:
-    """Turn off the framework's retry of an inner stream (SegmentingStream retries per segment).
-
-    Deepgram 0.7.4's ``TTS.stream()`` ignores ``conn_options``, and its retry re-runs ``_run``
-    on an input channel already consumed: the text of the failed attempt is lost (silence or
-    half a reply). The retry loop reads ``_conn_options`` when the stream's task first runs, so
-    replacing it right after creation takes effect. Private: tested in test_faults_tts."""
-    stream._conn_options = dataclasses.replace(stream._conn_options, max_retry=0)
-    return stream

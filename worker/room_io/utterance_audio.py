@@ -78,18 +78,29 @@ class UtteranceAudio:
 
 
 class TappedVAD(vad.VAD):
-    """A VAD that shows every pushed frame and every event to ``on_frame`` / ``on_event``."""
+    """A VAD that shows every pushed frame to ``on_frame`` and every event to its listeners."""
 
     def __init__(
         self,
         inner: vad.VAD,
         *,
         on_frame: Callable[[rtc.AudioFrame], None],
-        on_event: Callable[[vad.VADEvent], None],
+        on_event: Callable[[vad.VADEvent], None] | None = None,
     ) -> None:
         super().__init__(capabilities=inner.capabilities)
         self._inner = inner
-        self._on_frame, self._on_event = on_frame, on_event
+        self._on_frame = on_frame
+        self._listeners: list[Callable[[vad.VADEvent], None]] = []
+        if on_event is not None:
+            self._listeners.append(on_event)
+
+    def listen(self, on_event: Callable[[vad.VADEvent], None]) -> None:
+        """Show every later VAD event to ``on_event`` too."""
+        self._listeners.append(on_event)
+
+    def _on_event(self, ev: vad.VADEvent) -> None:
+        for listener in self._listeners:
+            listener(ev)
 
     def stream(self) -> vad.VADStream:
         return _TappedStream(self, self._inner.stream())

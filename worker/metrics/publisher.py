@@ -17,9 +17,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any, Protocol
 
-from .metrics_payloads import DEFAULT_TOPIC, MAX_PAYLOAD_BYTES, encode_payload
+from worker.metrics.payloads import DEFAULT_TOPIC, MAX_PAYLOAD_BYTES, encode_payload
 
-logger = logging.getLogger("worker.metrics_publisher")
+logger = logging.getLogger("worker.metrics.publisher")
 
 
 class DataPublisher(Protocol):

@@ -28,7 +28,7 @@ from livekit.agents.metrics import (
     VADMetrics,
 )
 
-from .provider_errors import error_name
+from worker.providers.errors import error_name
 
 SCHEMA_VERSION: Final = 1
 DEFAULT_TOPIC: Final = "agent.metrics"

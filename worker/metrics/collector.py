@@ -1,22 +1,9 @@
 """Metrics of one conversation, published to the room (protocol: docs/metrics.md).
 
-:class:`SessionMetrics` is the one object the session wires up. It turns every
-``metrics_collected`` metric into a payload (VAD folded into windows), feeds the
-:class:`~worker.turns.TurnTracker` (whose ``turn`` payloads go out the same way), counts usage,
-and at the end sends the ``session`` payload and flushes the publisher.
-
-Typical wiring (VoicePipelineAgent 0.12)::
-
-    metrics = SessionMetrics(
-        [RoomSink(ctx.room.local_participant)],
-        MetricsOptions(topic=settings.metrics_topic),
-        data_message_stats=router.stats,
-    )
-    metrics.start()
-    agent.on("metrics_collected", metrics.collect)
-    # plus the observations listed in worker/turns.py, on metrics.turns
-    ...
-    await metrics.aclose()  # at job shutdown
+:class:`SessionMetrics` is the one object the session wires up (``worker.session``). It turns
+every ``metrics_collected`` metric into a payload (VAD folded into windows), feeds the
+:class:`~worker.metrics.turns.TurnTracker` (whose ``turn`` payloads go out the same way), counts
+usage, and at the end sends the ``session`` payload and flushes the publisher.
 """
 
 from __future__ import annotations
@@ -28,15 +15,15 @@ from dataclasses import dataclass
 
 from livekit.agents.metrics import AgentMetrics, UsageCollector, VADMetrics
 
-from .metrics_payloads import (
+from worker.metrics.payloads import (
     DEFAULT_TOPIC,
     MAX_PAYLOAD_BYTES,
     VadAggregator,
     metric_payload,
     session_payload,
 )
-from .metrics_publisher import JsonlFileSink, MetricsPublisher, MetricsSink, RoomSink
-from .turns import TurnTracker
+from worker.metrics.publisher import JsonlFileSink, MetricsPublisher, MetricsSink, RoomSink
+from worker.metrics.turns import TurnTracker
 
 __all__ = [
     "JsonlFileSink",
@@ -46,7 +33,7 @@ __all__ = [
     "SessionMetrics",
 ]
 
-logger = logging.getLogger("worker.metrics")
+logger = logging.getLogger("worker.metrics.collector")
 
 
 @dataclass(frozen=True)

@@ -6,13 +6,13 @@ too). The Deepgram 0.7.4 plugin retries a dropped socket three times, but a refu
 (HTTP 5xx on the websocket upgrade) is not an ``APIError`` and ends its stream at once, and any
 outage longer than its retries ends it as well.
 
-:class:`ResilientSTT` wraps any streaming STT. Its stream feeds a fresh inner stream whenever the
+:class:`ReconnectingSTT` wraps any streaming STT. Its stream feeds a fresh inner stream whenever the
 current one fails, after a backoff (``first_delay`` doubling up to ``max_delay``; reset once an
 inner stream has stayed up for ``healthy_after`` seconds). The next stream first gets the audio
 the failed one had been given since its last final transcript (it may never have reached the
 provider) and the audio that arrived during the outage, at most ``max_buffer_seconds`` of it
 (the newest), so an utterance spoken across a short outage is still recognised. Each failure is also
-emitted as an ``STTMetrics`` whose ``error`` is a :class:`~worker.provider_errors.ProviderError`.
+emitted as an ``STTMetrics`` whose ``error`` is a :class:`~worker.providers.errors.ProviderError`.
 
 The stream implements the framework's plugin contract (``_run`` reading ``_input_ch`` and
 writing ``_event_ch``, as every 0.12 STT plugin does); nothing else of the framework is reached.
@@ -30,17 +30,18 @@ from dataclasses import dataclass
 
 from livekit import rtc
 from livekit.agents import stt, utils
-from livekit.agents.metrics import STTMetrics
 from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, APIConnectOptions
 from livekit.agents.utils import AudioBuffer
 
-from .provider_errors import ProviderError
+from worker.pipeline.adapter import STTFlush
+from worker.providers.errors import failure_metric
+from worker.providers.wrapper import Wrapper
 
-logger = logging.getLogger("worker.stt_resilience")
+logger = logging.getLogger("worker.providers.reconnecting_stt")
 
 
 @dataclass(frozen=True)
-class ReconnectOptions:
+class ReconnectingSTTOptions:
     first_delay: float = 0.5
     """Seconds before the first replacement stream; doubled after each further failure."""
     max_delay: float = 5.0
@@ -51,30 +52,22 @@ class ReconnectOptions:
     ``max_delay``, so one backoff never drops what was said just before it."""
 
 
-class ResilientSTT(stt.STT):
+class ReconnectingSTT(Wrapper[stt.STT], stt.STT):
     """Wraps a streaming STT; owns it (``aclose`` closes it). Metrics are the inner STT's,
     re-emitted, plus one STTMetrics with an ``error`` per failed inner stream."""
 
-    def __init__(self, inner: stt.STT, options: ReconnectOptions | None = None) -> None:
+    def __init__(self, inner: stt.STT, options: ReconnectingSTTOptions | None = None) -> None:
         if not inner.capabilities.streaming:
-            raise ValueError("ResilientSTT needs a streaming STT")
+            raise ValueError("ReconnectingSTT needs a streaming STT")
         super().__init__(capabilities=inner.capabilities)
-        self._inner = inner
-        self._opts = options or ReconnectOptions()
+        self._own_inner(inner)
+        self._opts = options or ReconnectingSTTOptions()
         self.failures = 0
         """Inner streams that failed, over all streams of this STT."""
-        inner.on("metrics_collected", self._forward_metrics)
 
     @property
-    def inner(self) -> stt.STT:
-        return self._inner
-
-    @property
-    def options(self) -> ReconnectOptions:
+    def options(self) -> ReconnectingSTTOptions:
         return self._opts
-
-    def _forward_metrics(self, metrics: STTMetrics) -> None:
-        self.emit("metrics_collected", metrics)
 
     async def _recognize_impl(
         self,
@@ -90,20 +83,19 @@ class ResilientSTT(stt.STT):
         *,
         language: str | None = None,
         conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS,
-    ) -> ResilientStream:
-        return ResilientStream(self, language=language, conn_options=conn_options)
+    ) -> ReconnectingStream:
+        return ReconnectingStream(self, language=language, conn_options=conn_options)
 
     async def aclose(self) -> None:
-        self._inner.off("metrics_collected", self._forward_metrics)
-        await self._inner.aclose()
+        await self._close_inner()
 
 
-_Input = rtc.AudioFrame | stt.RecognizeStream._FlushSentinel
+_Input = rtc.AudioFrame | STTFlush
 
 
-class ResilientStream(stt.RecognizeStream):
+class ReconnectingStream(stt.RecognizeStream):
     def __init__(
-        self, owner: ResilientSTT, *, language: str | None, conn_options: APIConnectOptions
+        self, owner: ReconnectingSTT, *, language: str | None, conn_options: APIConnectOptions
     ) -> None:
         # This level never fails (it replaces its inner stream instead), so it never retries.
         super().__init__(stt=owner, conn_options=dataclasses.replace(conn_options, max_retry=0))
@@ -118,7 +110,7 @@ class ResilientStream(stt.RecognizeStream):
         """Inner streams of this stream that failed."""
 
     async def _metrics_monitor_task(self, event_aiter: AsyncIterable[stt.SpeechEvent]) -> None:
-        # The inner streams report their own metrics (forwarded by ResilientSTT); drain this
+        # The inner streams report their own metrics (forwarded by ReconnectingSTT); drain this
         # copy of the events so the tee does not buffer them.
         async for _ in event_aiter:
             pass
@@ -163,7 +155,7 @@ class ResilientStream(stt.RecognizeStream):
                 # The inner stream is closed: it failed, and forward_events raises its error.
                 pass
 
-        feeder = asyncio.create_task(forward_input(), name="ResilientStream.forward_input")
+        feeder = asyncio.create_task(forward_input(), name="ReconnectingStream.forward_input")
         try:
             async for ev in inner:
                 if ev.type == stt.SpeechEventType.FINAL_TRANSCRIPT:
@@ -194,22 +186,17 @@ class ResilientStream(stt.RecognizeStream):
     def _report_failure(self, error: BaseException, delay: float) -> None:
         self.failures += 1
         self._owner.failures += 1
-        reason = type(error).__name__
         logger.warning(
             "STT stream failed; replacing it",
-            extra={"error": reason, "retry_in": round(delay, 3), "failures": self.failures},
+            extra={
+                "error": type(error).__name__,
+                "retry_in": round(delay, 3),
+                "failures": self.failures,
+            },
         )
         self._owner.emit(
             "metrics_collected",
-            STTMetrics(
-                request_id="",
-                timestamp=time.time(),
-                duration=0.0,
-                label=self._owner.label,
-                audio_duration=0.0,
-                streamed=True,
-                error=ProviderError(reason=reason, recovered=True),
-            ),
+            failure_metric("stt", label=self._owner.label, error=error, recovered=True),
         )
 
 

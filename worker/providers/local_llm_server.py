@@ -16,7 +16,7 @@ from pathlib import Path
 
 import aiohttp
 
-logger = logging.getLogger("worker.local_llm")
+logger = logging.getLogger("worker.providers.local_llm_server")
 
 LOCAL_MODEL_NAME = "smollm2-135m-instruct"
 

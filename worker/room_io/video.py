@@ -22,7 +22,7 @@ from livekit import rtc
 from livekit.agents import llm, utils
 from livekit.agents.utils.images import EncodeOptions, ResizeOptions, encode
 
-logger = logging.getLogger("worker.video_capture")
+logger = logging.getLogger("worker.room_io.video")
 
 VIDEO_SOURCES = (rtc.TrackSource.SOURCE_CAMERA, rtc.TrackSource.SOURCE_SCREENSHARE)
 ENCODABLE = frozenset(

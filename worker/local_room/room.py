@@ -46,13 +46,11 @@ Members only a test or the ``talk`` driver may use are listed in each class's
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
-from typing import Any, ClassVar, cast
+from typing import ClassVar, cast
 
 import numpy as np
 from livekit import rtc
@@ -60,7 +58,11 @@ from livekit.agents.utils import shortuuid
 from livekit.rtc.participant import PublishDataError, PublishTrackError
 from livekit.rtc.room import EventTypes as RoomEventTypes
 
-logger = logging.getLogger("worker.local_room")
+from worker.local_room.outbox import AttributeUpdate, Outbox, SentData, SentTranscription
+from worker.local_room.recorder import AudioRecorder
+from worker.pipeline.adapter import end_track, set_track_sid
+
+logger = logging.getLogger("worker.local_room.room")
 
 EMITTED_EVENTS: frozenset[str] = frozenset(
     {
@@ -82,9 +84,6 @@ EMITTED_EVENTS: frozenset[str] = frozenset(
 )
 """Every room event name LocalRoom emits (the contract test checks them against rtc)."""
 
-SILENCE_PEAK = 64
-"""A received frame whose absolute peak (int16) is at most this is counted as silence."""
-
 
 def as_rtc_room(room: LocalRoom) -> rtc.Room:
     """The double, typed as the real room it stands in for (no conversion happens)."""
@@ -94,22 +93,6 @@ def as_rtc_room(room: LocalRoom) -> rtc.Room:
 def as_rtc_participant(participant: RemoteParticipant) -> rtc.RemoteParticipant:
     """The double, typed as the real remote participant it stands in for."""
     return cast(rtc.RemoteParticipant, participant)
-
-
-def _set_track_sid(track: rtc.Track, sid: str) -> None:
-    """Give a real track the sid of its publication, as ``LocalParticipant.publish_track`` does.
-
-    Tracks created without a room report ``TR_unknown``; transcription forwarders send
-    ``track.sid``, so it must match the publication. One of two private ``rtc`` accesses.
-    """
-    track._info.sid = sid
-
-
-def _end_track(track: rtc.Track) -> None:
-    """End a real track: every AudioStream/VideoStream on it gets end-of-stream, as when a
-    remote participant unpublishes or leaves (the framework's streams then finish by themselves).
-    Releasing the track's FFI handle does that; the other private ``rtc`` access."""
-    track._ffi_handle.dispose()
 
 
 @dataclass(frozen=True)
@@ -122,263 +105,6 @@ class LocalRoomOptions:
     """Rate the agent's published audio is recorded at; None disables recording."""
     record_frame_ms: int = 10
     """Frame size the recording is read in (see :class:`AudioRecorder`)."""
-
-
-# --------------------------------------------------------------------------------------------
-# What the agent sent
-
-
-@dataclass(frozen=True)
-class SentData:
-    payload: bytes
-    topic: str
-    reliable: bool
-    destination_identities: tuple[str, ...]
-    at: float
-    """time.perf_counter() when it was published."""
-    wall_time: float
-    """time.time() when it was published."""
-
-    def json(self) -> Any:
-        return json.loads(self.payload.decode("utf-8"))
-
-
-@dataclass(frozen=True)
-class SentTranscription:
-    participant_identity: str
-    track_sid: str
-    segments: tuple[rtc.TranscriptionSegment, ...]
-    at: float
-
-    @property
-    def text(self) -> str:
-        return "".join(s.text for s in self.segments)
-
-    @property
-    def final(self) -> bool:
-        return bool(self.segments) and all(s.final for s in self.segments)
-
-
-@dataclass(frozen=True)
-class AttributeUpdate:
-    changed: Mapping[str, str]
-    at: float
-
-
-@dataclass(frozen=True)
-class ReceivedFrame:
-    frame: rtc.AudioFrame
-    received_at: float
-    """time.perf_counter() when the frame came out of the AudioStream."""
-    peak: int
-    """Largest absolute int16 sample value in the frame."""
-
-    @property
-    def audible(self) -> bool:
-        return self.peak > SILENCE_PEAK
-
-
-def _sub_frame(
-    frame: rtc.AudioFrame, samples: np.ndarray, samples_per_channel: int
-) -> rtc.AudioFrame:
-    return rtc.AudioFrame(
-        samples.tobytes(), frame.sample_rate, frame.num_channels, samples_per_channel
-    )
-
-
-class _Waiters:
-    """Wake-up futures for ``wait_for``-style helpers (no polling, no sleeps)."""
-
-    def __init__(self) -> None:
-        self._futures: list[asyncio.Future[None]] = []
-
-    def notify(self) -> None:
-        futures, self._futures = self._futures, []
-        for fut in futures:
-            if not fut.done():
-                fut.set_result(None)
-
-    # A timeout parameter rather than asyncio.timeout(): the TimeoutError then says what was seen.
-    async def wait_until(
-        self,
-        predicate: Callable[[], bool],
-        timeout: float,
-        describe: Callable[[], str],
-    ) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while not predicate():
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                raise TimeoutError(f"condition not met within {timeout} s; {describe()}")
-            fut = loop.create_future()
-            self._futures.append(fut)
-            try:
-                await asyncio.wait_for(fut, remaining)
-            except TimeoutError:
-                continue
-
-
-class AudioRecorder:
-    """Reads one published audio track with a real ``rtc.AudioStream`` into a list of frames.
-
-    The agent's ``AudioSource`` paces playout in real time and yields silence frames while idle,
-    so the recording is continuous; :attr:`ReceivedFrame.audible` tells speech from silence.
-
-    The list always holds 10 ms frames. ``frame_ms`` (a multiple of 10) is the size the stream
-    delivers: each delivered frame costs an FFI event and a loop wake-up, ~3% of a core at
-    10 ms (more than the agent's VAD), so a load test reads 50 ms frames. Each is then split
-    into 10 ms frames received when their last sample was: ``received_at`` minus the duration
-    of the samples after it, which is what a 10 ms stream would have reported.
-    """
-
-    def __init__(
-        self,
-        track: rtc.Track,
-        *,
-        sample_rate: int = 48000,
-        num_channels: int = 1,
-        frame_ms: int = 10,
-    ) -> None:
-        if frame_ms <= 0 or frame_ms % 10:
-            raise ValueError(f"frame_ms must be a positive multiple of 10, got {frame_ms}")
-        self.track_sid = track.sid
-        self.sample_rate = sample_rate
-        self.num_channels = num_channels
-        self.frames: list[ReceivedFrame] = []
-        self._audible_samples = 0
-        self._waiters = _Waiters()
-        self._stream = rtc.AudioStream(
-            track, sample_rate=sample_rate, num_channels=num_channels, frame_size_ms=frame_ms
-        )
-        self._task: asyncio.Task[None] | None = asyncio.create_task(
-            self._read(), name=f"local_room.record:{track.sid}"
-        )
-
-    async def _read(self) -> None:
-        step = self.sample_rate // 100  # samples per channel in 10 ms
-        async for event in self._stream:
-            received_at = time.perf_counter()
-            frame = event.frame
-            n = frame.samples_per_channel
-            samples = np.frombuffer(frame.data, dtype=np.int16)
-            for start in range(0, n, step):
-                end = min(start + step, n)
-                part = samples[start * frame.num_channels : end * frame.num_channels]
-                sub = frame if end - start == n else _sub_frame(frame, part, end - start)
-                self._append(
-                    ReceivedFrame(
-                        frame=sub,
-                        received_at=received_at - (n - end) / frame.sample_rate,
-                        peak=int(np.abs(part.astype(np.int32)).max(initial=0)),
-                    )
-                )
-            self._waiters.notify()
-
-    def _append(self, received: ReceivedFrame) -> None:
-        self.frames.append(received)
-        if received.audible:
-            self._audible_samples += received.frame.samples_per_channel
-
-    @property
-    def audible_seconds(self) -> float:
-        """Seconds of non-silent audio received so far."""
-        return self._audible_samples / self.sample_rate
-
-    @property
-    def first_audible_at(self) -> float | None:
-        """perf_counter time the first non-silent frame arrived (None if none yet)."""
-        return next((f.received_at for f in self.frames if f.audible), None)
-
-    async def wait_for_audio(
-        self,
-        seconds: float = 0.01,
-        *,
-        timeout: float = 30.0,
-    ) -> None:
-        """Return once at least ``seconds`` of non-silent audio arrived; TimeoutError otherwise."""
-        await self._waiters.wait_until(
-            lambda: self.audible_seconds >= seconds,
-            timeout,
-            lambda: f"{self.audible_seconds:.2f} s audible of {len(self.frames)} frames",
-        )
-
-    def samples(self, *, trim_silence: bool = False) -> np.ndarray:
-        """The recording as int16 (interleaved if several channels); optionally without the
-        silent frames before the first and after the last audible frame."""
-        frames = self.frames
-        if trim_silence:
-            audible = [i for i, f in enumerate(frames) if f.audible]
-            frames = frames[audible[0] : audible[-1] + 1] if audible else []
-        if not frames:
-            return np.zeros(0, dtype=np.int16)
-        return np.concatenate([np.frombuffer(f.frame.data, dtype=np.int16) for f in frames])
-
-    def wav_bytes(self, *, trim_silence: bool = True) -> bytes:
-        samples = self.samples(trim_silence=trim_silence)
-        frame = rtc.AudioFrame(
-            samples.tobytes(),
-            self.sample_rate,
-            self.num_channels,
-            samples.size // self.num_channels,
-        )
-        return frame.to_wav_bytes()
-
-    async def write_wav(self, path: str | Path, *, trim_silence: bool = True) -> None:
-        data = self.wav_bytes(trim_silence=trim_silence)
-        await asyncio.to_thread(Path(path).write_bytes, data)
-
-    async def aclose(self) -> None:
-        """Stop recording; the frames stay available."""
-        task, self._task = self._task, None
-        if task is None:
-            return
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        await self._stream.aclose()
-
-
-class Outbox:
-    """Everything the agent (the local participant) sent into the room, in order."""
-
-    def __init__(self) -> None:
-        self.data: list[SentData] = []
-        self.transcriptions: list[SentTranscription] = []
-        self.attribute_updates: list[AttributeUpdate] = []
-        self.published: list[LocalTrackPublication] = []
-        self.unpublished: list[str] = []
-        self.audio: list[AudioRecorder] = []
-        """One recorder per audio track the agent published, in publication order."""
-        self._waiters = _Waiters()
-
-    def data_on(self, topic: str) -> list[SentData]:
-        return [d for d in self.data if d.topic == topic]
-
-    def attribute_values(self, key: str) -> list[str]:
-        """Every value the agent set ``key`` to, in order (e.g. ``lk.agent.state``)."""
-        return [u.changed[key] for u in self.attribute_updates if key in u.changed]
-
-    def transcriptions_of(self, identity: str) -> list[SentTranscription]:
-        return [t for t in self.transcriptions if t.participant_identity == identity]
-
-    async def wait_for(
-        self,
-        predicate: Callable[[], bool],
-        *,
-        timeout: float = 30.0,
-    ) -> None:
-        """Return once ``predicate()`` holds (checked after each change); TimeoutError otherwise."""
-        await self._waiters.wait_until(predicate, timeout, self._summary)
-
-    def _changed(self) -> None:
-        self._waiters.notify()
-
-    def _summary(self) -> str:
-        updates = [dict(u.changed) for u in self.attribute_updates]
-        return (
-            f"outbox has {len(self.data)} data messages, {len(self.transcriptions)} "
-            f"transcriptions, attribute updates {updates}, {len(self.published)} published tracks"
-        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -465,7 +191,7 @@ class LocalParticipant:
         if not self._room.isconnected():
             raise PublishTrackError("the room is not connected")
         publication = LocalTrackPublication(track, options.source)
-        _set_track_sid(track, publication.sid)
+        set_track_sid(track, publication.sid)
         self._track_publications[publication.sid] = publication
         await self._room._on_local_track_published(publication, track)
         return publication
@@ -481,7 +207,7 @@ class LocalParticipant:
         self._room.outbox.attribute_updates.append(
             AttributeUpdate(changed=dict(attributes), at=time.perf_counter())
         )
-        self._room.outbox._changed()
+        self._room.outbox.notify()
         if changed:
             self._room.emit("participant_attributes_changed", changed, self)
         await asyncio.sleep(0)
@@ -495,7 +221,7 @@ class LocalParticipant:
                 at=time.perf_counter(),
             )
         )
-        self._room.outbox._changed()
+        self._room.outbox.notify()
         await asyncio.sleep(0)
 
     async def publish_data(
@@ -519,7 +245,7 @@ class LocalParticipant:
                 wall_time=time.time(),
             )
         )
-        self._room.outbox._changed()
+        self._room.outbox.notify()
         await asyncio.sleep(0)
 
     def __repr__(self) -> str:
@@ -544,7 +270,7 @@ class RemoteTrackPublication:
         self._participant = participant
         self._media_track = media_track
         self._sid = shortuuid("TR_")
-        _set_track_sid(media_track, self._sid)
+        set_track_sid(media_track, self._sid)
         self._name = media_track.name
         self._kind = media_track.kind
         self._source = source
@@ -814,7 +540,7 @@ class RemoteParticipant:
             await self.unpublish(sid)
 
     async def _release(self, publication: RemoteTrackPublication) -> None:
-        _end_track(publication._media_track)
+        end_track(publication._media_track)
         source = self._sources.pop(publication.sid, None)
         if source is not None:
             await source.aclose()
@@ -979,7 +705,7 @@ class LocalRoom(rtc.EventEmitter[RoomEventTypes]):
                     track, sample_rate=self._record_sample_rate, frame_ms=self._record_frame_ms
                 )
             )
-        self.outbox._changed()
+        self.outbox.notify()
         self.emit("local_track_published", publication, track)
         self._schedule_local_subscription(publication)
         await asyncio.sleep(0)
@@ -989,7 +715,7 @@ class LocalRoom(rtc.EventEmitter[RoomEventTypes]):
         for recorder in self.outbox.audio:
             if recorder.track_sid == publication.sid:
                 await recorder.aclose()
-        self.outbox._changed()
+        self.outbox.notify()
         self.emit("local_track_unpublished", publication)
 
     def _schedule_local_subscription(self, publication: LocalTrackPublication) -> None:

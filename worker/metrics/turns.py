@@ -13,11 +13,12 @@ agent ``metrics_collected(m)``              ``metrics(m)``: EOU (binds the end o
                                             the reply), LLM (first round's ttft), TTS (the
                                             framework's ttfb, fallback only).
 ``before_tts_cb``: first text chunk of      ``first_text(sequence_id, time.perf_counter())``;
-the reply's text stream                     the id is ``SpeechDataContextVar.get()
-                                            .sequence_id`` inside the callback.
-the tool runner, per tool round             ``tool_round(sequence_id, seconds)``
-first frame of a reply handed to the        ``first_audio(sequence_id or None,
-room's ``rtc.AudioSource``                  time.perf_counter())``; the agent emits
+the reply's text stream                     the id is the pipeline's reply id, set
+                                            around its hooks.
+a tool round of the reply                   ``tool_round(sequence_id, seconds)``, or the
+                                            totals in ``reply_finished``
+first frame of a reply handed to the        ``first_audio(sequence_id, time.perf_counter())``
+room's ``rtc.AudioSource``                  (the playing reply's id); the agent emits
 (``agent_started_speaking`` is emitted      ``agent_started_speaking`` synchronously just
 right before that ``capture_frame``)        before it, so calling from that handler is exact.
 the reply ends (played out, interrupted or  ``reply_finished(sequence_id or None,
@@ -51,10 +52,10 @@ from dataclasses import dataclass, field
 
 from livekit.agents.metrics import AgentMetrics, LLMMetrics, PipelineEOUMetrics, TTSMetrics
 
-from .metrics_payloads import Payload, TurnCounts, envelope, seconds
-from .provider_errors import ProviderError
+from worker.metrics.payloads import Payload, TurnCounts, envelope, seconds
+from worker.providers.errors import ProviderError
 
-logger = logging.getLogger("worker.turns")
+logger = logging.getLogger("worker.metrics.turns")
 
 MAX_OPEN_REPLIES = 16
 
@@ -187,6 +188,8 @@ class TurnTracker:
         *,
         user_text: str | None = None,
         agent_text: str | None = None,
+        tool_time: float = 0.0,
+        tool_rounds: int = 0,
         llm_failed: bool = False,
         apologised: bool = False,
     ) -> Payload | None:
@@ -195,7 +198,8 @@ class TurnTracker:
         ``sequence_id=None`` means the reply that most recently started playing. Metrics
         arriving for the reply after this call are ignored by the tracker. ``llm_failed``: the
         LLM failed for good during this reply; ``apologised``: before saying anything, so the
-        apology was spoken instead.
+        apology was spoken instead. ``tool_time`` / ``tool_rounds``: the reply's tool rounds not
+        reported by :meth:`tool_round` (their total wall time and count).
         """
         reply: _Reply | None
         if sequence_id is None:
@@ -207,6 +211,8 @@ class TurnTracker:
             return None
         del self._open[reply.sequence_id]
         self._remember_finished(reply.sequence_id)
+        reply.tool_time += max(0.0, tool_time)
+        reply.tool_rounds += tool_rounds
         if llm_failed:
             reply.errors.add("llm")
         outcome = (

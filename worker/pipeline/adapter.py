@@ -1,0 +1,478 @@
+"""The seam to livekit-agents 0.12: the one module that reaches the framework's private members.
+
+Everything else in the worker uses public 0.12 API (or the plugin contract every 0.12 plugin
+implements: ``_run``, ``_input_ch``, ``_event_ch``, ``_metrics_monitor_task``). A move to the
+1.x ``AgentSession`` replaces this module and ``conversation``; the rest stays.
+
+:class:`VoicePipeline` is the typed interface the conversation policy uses. It owns a
+``VoicePipelineAgent`` and exposes what the policy needs of it, including what 0.12 offers only
+through private members. Each private member reached, and why (``PRIVATE_MEMBERS`` lists the
+names; tests/test_conversation_internals.py checks they exist with the meaning relied on, and
+that no other module reaches them):
+
+VoicePipelineAgent (pipeline/pipeline_agent.py)
+  ``_link_participant`` + the module name ``HumanInput``: 0.12 builds its microphone input by
+  that name, with no hook; swapped for :class:`MicrophoneInput` during the call (and called
+  again to relink a participant who rejoined, after taking ``_human_input`` away).
+  ``_playing_speech``: the reply a commit event belongs to (no public tie between the two).
+  ``_pending_agent_reply``, ``_speech_q``, ``_transcribed_text``, ``_synthesize_agent_reply``,
+  ``_deferred_validation._last_final_transcript``: withdrawing a reply that has not made a
+  sound when the user speaks again, and asking again at once.
+  ``_nested_speech_done_fut`` (SpeechHandle): waiting out the window in which ``say()`` would
+  be nested into a finishing speech and lost.
+  ``_update_state``: publishing ``lk.agent.state`` the way the agent does.
+  ``_track_published_fut``: the agent's audio track is published (what its ``say()`` awaits).
+  ``_room``, ``_on_participant_connected``, ``_main_atask``, ``_agent_reply_task``,
+  ``_update_state_task``, ``_human_input``, ``_agent_output``, ``_agent_playout``,
+  ``_playout_atask``, ``_deferred_validation``: closing what the agent started (its own
+  ``aclose()`` is a no-op).
+HumanInput (pipeline/human_input.py)
+  ``_recognize_task``, ``_subscribed_track``, ``_noise_cancellation``: reading the microphone
+  in 50 ms frames instead of the FFI's 10 ms (:class:`MicrophoneInput`).
+STT / TTS streams
+  ``RecognizeStream._FlushSentinel``, ``SynthesizeStream._FlushSentinel``: the flush marker in
+  a stream's input channel (wrappers forward it). ``_conn_options`` (TTS and SynthesizeStream):
+  turning off the framework's retry of an inner TTS stream, which would lose its text.
+  ``StreamAdapter._vad`` / ``_stt``, ``StreamAdapterWrapper._vad_stream``: closing the VAD
+  stream the framework's STT StreamAdapter opens and leaves running.
+LLM
+  ``FallbackAdapter._status[i].recovering_task``: the background probes of a failed LLM.
+Worker
+  ``worker._DefaultLoadCalc``: the framework's CPU load, for the job limiter's load_fnc.
+livekit.rtc (the in-process room builds real tracks outside a room)
+  ``Track._info.sid``: a track's sid matches its publication; ``Track._ffi_handle``: ending a
+  track ends every stream on it, as when a participant unpublishes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import AsyncIterable, Callable
+from typing import Literal, Protocol
+
+from livekit import rtc
+from livekit.agents import llm, stt, tts, utils, vad
+from livekit.agents.pipeline import AgentTranscriptionOptions, VoicePipelineAgent, pipeline_agent
+from livekit.agents.pipeline.human_input import HumanInput
+from livekit.agents.pipeline.pipeline_agent import SpeechDataContextVar
+from livekit.agents.pipeline.speech_handle import SpeechHandle
+from livekit.agents.stt.stream_adapter import StreamAdapterWrapper
+from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, AgentState, APIConnectOptions
+from livekit.agents.worker import Worker, _DefaultLoadCalc
+
+from worker.room_io.microphone import open_microphone
+
+PRIVATE_MEMBERS: frozenset[str] = frozenset(
+    {
+        # VoicePipelineAgent and SpeechHandle
+        "_link_participant",
+        "_playing_speech",
+        "_pending_agent_reply",
+        "_speech_q",
+        "_transcribed_text",
+        "_synthesize_agent_reply",
+        "_deferred_validation",
+        "_last_final_transcript",
+        "_nested_speech_done_fut",
+        "_update_state",
+        "_track_published_fut",
+        "_room",
+        "_on_participant_connected",
+        "_main_atask",
+        "_agent_reply_task",
+        "_update_state_task",
+        "_human_input",
+        "_agent_output",
+        "_agent_playout",
+        "_playout_atask",
+        # HumanInput
+        "_recognize_task",
+        "_subscribed_track",
+        "_noise_cancellation",
+        # STT / TTS / LLM / worker
+        "_FlushSentinel",
+        "_conn_options",
+        "_vad",
+        "_stt",
+        "_vad_stream",
+        "_status",
+        "_DefaultLoadCalc",
+        # livekit.rtc
+        "_info",
+        "_ffi_handle",
+    }
+)
+"""Every private member of the framework this module reaches (and no other module does)."""
+
+PipelineEvent = Literal[
+    "user_started_speaking",
+    "user_stopped_speaking",
+    "agent_started_speaking",
+    "agent_stopped_speaking",
+    "user_speech_committed",
+    "agent_speech_committed",
+    "agent_speech_interrupted",
+    "function_calls_collected",
+    "function_calls_finished",
+    "metrics_collected",
+]
+
+Reply = SpeechHandle
+"""One reply of the pipeline (0.12's SpeechHandle): ``id``, ``source``, ``interrupted``, ..."""
+
+
+class PipelineHooks(Protocol):
+    """What the conversation policy decides inside the pipeline."""
+
+    def before_llm(self, chat_ctx: llm.ChatContext) -> llm.LLMStream:
+        """A reply is requested: ``chat_ctx`` is a copy of the context plus the user's turn."""
+        ...
+
+    def before_tts(
+        self, sequence_id: str | None, source: str | AsyncIterable[str]
+    ) -> str | AsyncIterable[str]:
+        """A reply's (or a ``say()``'s) text starts towards TTS."""
+        ...
+
+
+# --- VoicePipelineAgent ---------------------------------------------------------------------
+
+
+class MicrophoneInput(HumanInput):
+    """HumanInput reading the microphone through :func:`open_microphone` (50 ms frames)."""
+
+    async def _recognize_task(self, audio_stream: rtc.AudioStream) -> None:
+        # 0.12 opens the stream itself, with no say in its frame size: read the same track
+        # through a stream of our own and close 0.12's unread (once per subscription; ours is
+        # opened first, so no audio waits for that close)
+        track = self._subscribed_track
+        if track is None:  # 0.12 sets it before it starts this task
+            await audio_stream.aclose()
+            return
+        ours = open_microphone(track, noise_cancellation=self._noise_cancellation)
+        try:
+            await audio_stream.aclose()
+            await super()._recognize_task(ours)
+        finally:
+            await ours.aclose()  # 0.12 leaves its stream open when the task ends
+
+
+class _Agent(VoicePipelineAgent):
+    """VoicePipelineAgent hearing the participant through ``MicrophoneInput``."""
+
+    def _link_participant(self, identity: str) -> None:
+        # 0.12 builds its HumanInput by the name in its module, with no hook: swap the name for
+        # this synchronous call only (no other code runs on this thread meanwhile)
+        pipeline_agent.HumanInput = MicrophoneInput  # type: ignore[misc]
+        try:
+            super()._link_participant(identity)
+        finally:
+            pipeline_agent.HumanInput = HumanInput  # type: ignore[misc]
+
+
+class VoicePipeline:
+    """0.12's VoicePipelineAgent behind the interface the conversation policy uses.
+
+    Built from finished providers; the policy attaches its hooks with :meth:`set_hooks` before
+    :meth:`start`. The reply is requested on the final transcript (preemptive synthesis) and
+    played once the end-of-turn rule confirms it.
+    """
+
+    def __init__(
+        self,
+        *,
+        vad: vad.VAD,
+        stt: stt.STT,
+        llm: llm.LLM,
+        tts: tts.TTS,
+        fnc_ctx: llm.FunctionContext | None,
+        chat_ctx: llm.ChatContext,
+        allow_interruptions: bool,
+        min_endpointing_delay: float,
+    ) -> None:
+        self._hooks: PipelineHooks | None = None
+        self._agent: VoicePipelineAgent = _Agent(
+            vad=vad,
+            stt=stt,
+            llm=llm,
+            tts=tts,
+            chat_ctx=chat_ctx,
+            fnc_ctx=fnc_ctx,
+            allow_interruptions=allow_interruptions,
+            min_endpointing_delay=min_endpointing_delay,
+            preemptive_synthesis=True,
+            transcription=AgentTranscriptionOptions(),
+            before_llm_cb=self._before_llm,
+            before_tts_cb=self._before_tts,
+        )
+
+    @property
+    def agent(self) -> VoicePipelineAgent:
+        """The 0.12 agent itself, for the bench's recorder (which measures stock 0.12 too)."""
+        return self._agent
+
+    def set_hooks(self, hooks: PipelineHooks) -> None:
+        self._hooks = hooks
+
+    def on(self, event: PipelineEvent, callback: Callable[..., None]) -> None:
+        self._agent.on(event, callback)
+
+    def start(self, room: rtc.Room, identity: str) -> None:
+        self._agent.start(room, identity)
+
+    async def say(self, text: str, *, add_to_chat_ctx: bool = True) -> None:
+        """Speak ``text`` after what is playing (never lost to a finishing speech)."""
+        await self._settle_playout_queue()
+        await self._agent.say(text, allow_interruptions=True, add_to_chat_ctx=add_to_chat_ctx)
+
+    def interrupt(self) -> None:
+        self._agent.interrupt()
+
+    def playing_reply(self) -> Reply | None:
+        """The reply being played: commit events fire while their reply is the playing one."""
+        return self._agent._playing_speech
+
+    def reply_pending(self) -> bool:
+        """A reply was requested and awaits the end-of-turn decision; nothing is playing."""
+        agent = self._agent
+        return agent._pending_agent_reply is not None and agent._playing_speech is None
+
+    def set_state(self, state: AgentState) -> None:
+        """Publish ``lk.agent.state`` the way the agent does (its update task, replacing any
+        pending update; skipped while the room is disconnected)."""
+        self._agent._update_state(state)
+
+    async def ready(self) -> None:
+        """Until the agent's audio track is published (what its own say() waits for)."""
+        await asyncio.shield(self._agent._track_published_fut)
+
+    def withdraw_unplayed_replies(self, *, may_withdraw: Callable[[Reply], bool]) -> list[str]:
+        """Take back the replies confirmed for playout that have not made a sound yet (call it
+        only while the agent is silent), because the user spoke again: a pause the VAD took for
+        the end of the turn. Returns their ids.
+
+        0.12 would play them and leave the user to barge in (0.5 s of speech later, the reply
+        already audible). Nothing of theirs was committed (0.12 commits the user's question once
+        a reply played), so the user's words so far stay in the transcript and the reply is
+        requested again from them at once: the next final transcript replaces it with a fuller
+        one, and if none comes (a cough), the next end of speech confirms it after the usual
+        endpointing delay rather than 0.12's 5 s wait for a transcript."""
+        agent = self._agent
+        withdrawn = [
+            speech
+            for speech in agent._speech_q
+            if speech.is_reply
+            and speech.allow_interruptions
+            and not speech.interrupted
+            and may_withdraw(speech)
+        ]
+        if not withdrawn:
+            return []
+        for speech in withdrawn:
+            speech.interrupt()
+        if agent._pending_agent_reply is None and agent._transcribed_text.strip():
+            agent._synthesize_agent_reply()
+            # the transcript the withdrawn reply was confirmed on counts again for the next
+            # decision
+            agent._deferred_validation._last_final_transcript = withdrawn[-1].user_question
+        return [speech.id for speech in withdrawn]
+
+    def relink(self, identity: str) -> asyncio.Task[None] | None:
+        """Listen to a participant that rejoined (0.12's agent links one participant at start).
+
+        Returns the task closing the old input, for the caller to own."""
+        agent = self._agent
+        old = agent._human_input
+        agent._human_input = None
+        agent._link_participant(identity)
+        return asyncio.create_task(old.aclose()) if old is not None else None
+
+    async def aclose(self) -> None:
+        await close_pipeline_agent(self._agent)
+
+    # --- internals --------------------------------------------------------------------------
+
+    def _before_llm(self, agent: VoicePipelineAgent, chat_ctx: llm.ChatContext) -> llm.LLMStream:
+        if self._hooks is None:
+            raise RuntimeError("VoicePipeline started without hooks")
+        return self._hooks.before_llm(chat_ctx)
+
+    def _before_tts(
+        self, agent: VoicePipelineAgent, source: str | AsyncIterable[str]
+    ) -> str | AsyncIterable[str]:
+        if self._hooks is None:
+            return source
+        return self._hooks.before_tts(current_sequence_id(), source)
+
+    async def _settle_playout_queue(self) -> None:
+        """Let the playing speech leave the queue if it is finishing, before ``say()``.
+
+        0.12's say() nests a new speech into the playing one (or into the head of the queue).
+        Once the playing speech has finished playing its nested speeches, but before the main
+        loop pops it (a loop turn or two later), a speech nested into it is never played: say()
+        right after a reply ends would be lost. That window ends without any event to wait
+        for, within a few loop turns, so yield until it has passed (bounded, in case a speech
+        is stuck there)."""
+        agent = self._agent
+        for _ in range(50):
+            playing = agent._playing_speech
+            finishing = (
+                playing is not None
+                and playing._nested_speech_done_fut is not None
+                and playing._nested_speech_done_fut.done()
+                and bool(agent._speech_q)
+                and agent._speech_q[0] is playing
+            )
+            if not finishing:
+                return
+            await asyncio.sleep(0)
+
+
+async def close_pipeline_agent(agent: VoicePipelineAgent) -> None:
+    """Close what a VoicePipelineAgent started: 0.12's own aclose() is a no-op."""
+    room = getattr(agent, "_room", None)
+    if room is not None:
+        room.off("participant_connected", agent._on_participant_connected)
+    speeches = [agent._pending_agent_reply, agent._playing_speech, *agent._speech_q]
+    streams: list[llm.LLMStream] = []
+    for speech in speeches:
+        if speech is None:
+            continue
+        if speech.initialized and isinstance(speech.source, llm.LLMStream):
+            streams.append(speech.source)
+        speech.cancel(cancel_nested=True)
+    await agent._deferred_validation.aclose()
+    tasks = [
+        t
+        for t in (
+            getattr(agent, "_main_atask", None),
+            agent._agent_reply_task,
+            agent._update_state_task,
+        )
+        if t is not None
+    ]
+    await utils.aio.gracefully_cancel(*tasks)
+    if agent._human_input is not None:
+        await agent._human_input.aclose()
+        agent._human_input = None
+    if agent._agent_output is not None:
+        await agent._agent_output.aclose()
+        playout = agent._agent_output._agent_playout
+        # AgentPlayout.aclose() only awaits its task, which never ends when the reply's text
+        # was cut off (an interruption or this close while the LLM still streams): its
+        # transcription forwarder waits for the end of a sentence stream that never comes.
+        # So cancel it instead (its aclose() would then re-raise that cancellation).
+        if playout._playout_atask is not None:
+            await utils.aio.gracefully_cancel(playout._playout_atask)
+        else:
+            await playout.aclose()
+    for stream in streams:
+        await stream.aclose()
+
+
+def current_sequence_id() -> str | None:
+    """The reply id the pipeline sets around its hooks (a context variable)."""
+    data = SpeechDataContextVar.get(None)
+    return data.sequence_id if data is not None else None
+
+
+def played_text(reply: Reply) -> str:
+    """The text of a reply that reached the user's ears so far."""
+    return reply.synthesis_handle.tts_forwarder.played_text if reply.initialized else ""
+
+
+# --- STT / TTS / LLM streams ----------------------------------------------------------------
+
+STTFlush = stt.RecognizeStream._FlushSentinel
+"""The flush marker in an STT stream's input channel."""
+TTSFlush = tts.SynthesizeStream._FlushSentinel
+"""The flush marker in a TTS stream's input channel."""
+
+
+def tts_conn_options(provider: tts.TTS) -> APIConnectOptions:
+    """The connection options a TTS was built with (its streams' default)."""
+    return provider._conn_options
+
+
+def without_retries(stream: tts.SynthesizeStream) -> tts.SynthesizeStream:
+    """Turn off the framework's retry of an inner stream (the caller retries per segment).
+
+    Deepgram 0.7.4's ``TTS.stream()`` ignores ``conn_options``, and its retry re-runs ``_run``
+    on an input channel already consumed: the text of the failed attempt is lost (silence or
+    half a reply). The retry loop reads ``_conn_options`` when the stream's task first runs, so
+    replacing it right after creation takes effect."""
+    stream._conn_options = dataclasses.replace(stream._conn_options, max_retry=0)
+    return stream
+
+
+class VADSegmentedSTT(stt.StreamAdapter):
+    """The framework's StreamAdapter (a batch STT made streaming by VAD segments), whose
+    streams close the VAD stream they open (0.12.21 leaves it running: two tasks a session)."""
+
+    def stream(
+        self,
+        *,
+        language: str | None = None,
+        conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS,
+    ) -> stt.RecognizeStream:
+        return _ClosingAdapterStream(
+            self, vad=self._vad, wrapped_stt=self._stt, language=language, conn_options=conn_options
+        )
+
+
+class _ClosingAdapterStream(StreamAdapterWrapper):
+    async def aclose(self) -> None:
+        await super().aclose()
+        await self._vad_stream.aclose()
+
+
+def fallback_recovery_tasks(adapter: llm.FallbackAdapter) -> list[asyncio.Task[None]]:
+    """The background probes of failed LLMs that are still running."""
+    return [
+        s.recovering_task
+        for s in adapter._status
+        if s.recovering_task is not None and not s.recovering_task.done()
+    ]
+
+
+# --- worker and rtc -------------------------------------------------------------------------
+
+
+def cpu_load(worker: Worker) -> float:
+    """The framework's own load figure (CPU over a short window), in [0, 1]."""
+    return float(_DefaultLoadCalc.get_load(worker))
+
+
+def set_track_sid(track: rtc.Track, sid: str) -> None:
+    """Give a real track the sid of its publication, as ``LocalParticipant.publish_track`` does
+    (tracks created without a room report ``TR_unknown``; transcriptions carry ``track.sid``)."""
+    track._info.sid = sid
+
+
+def end_track(track: rtc.Track) -> None:
+    """End a real track: every AudioStream/VideoStream on it gets end-of-stream, as when a remote
+    participant unpublishes or leaves. Releasing the track's FFI handle does that."""
+    track._ffi_handle.dispose()
+
+
+__all__ = [
+    "PRIVATE_MEMBERS",
+    "MicrophoneInput",
+    "PipelineEvent",
+    "PipelineHooks",
+    "Reply",
+    "STTFlush",
+    "TTSFlush",
+    "VADSegmentedSTT",
+    "VoicePipeline",
+    "close_pipeline_agent",
+    "cpu_load",
+    "current_sequence_id",
+    "end_track",
+    "fallback_recovery_tasks",
+    "played_text",
+    "set_track_sid",
+    "tts_conn_options",
+    "without_retries",
+]

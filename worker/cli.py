@@ -10,14 +10,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import re
 import sys
 from collections.abc import Callable, Sequence
-from datetime import timedelta
 from pathlib import Path
-from typing import NoReturn
 
-from worker.config import ConfigError, Need, Settings, load_settings
+from worker.config import ConfigError, Need, Settings, load_settings, usage_error
+from worker.livekit_api import create_dispatch, mint_token, parse_ttl
 from worker.redaction import install_log_redaction, redact
 
 FRAMEWORK_COMMANDS = {
@@ -32,13 +30,6 @@ OWN_COMMANDS = {
     "talk": "talk to the agent from a WAV file, in-process (no server; offline without keys)",
     "web": "serve the browser client and a development token endpoint",
 }
-USAGE_ERROR = 2
-
-
-def _fail(problems: Sequence[str]) -> NoReturn:
-    for problem in problems:
-        print(f"error: {problem}", file=sys.stderr)
-    raise SystemExit(USAGE_ERROR)
 
 
 def _settings(needs: Sequence[Need], problems: Sequence[str] = ()) -> Settings:
@@ -46,9 +37,9 @@ def _settings(needs: Sequence[Need], problems: Sequence[str] = ()) -> Settings:
     try:
         settings = load_settings(needs=needs)
     except ConfigError as e:
-        _fail([*problems, *e.problems])
+        usage_error([*problems, *e.problems])
     if problems:
-        _fail(problems)
+        usage_error(problems)
     install_log_redaction(settings.secrets())
     return settings
 
@@ -77,7 +68,7 @@ def _run_framework(command: str, argv: list[str]) -> None:
         try:  # fail at start-up, not in the first job
             load_user_tools(settings.tools)
         except ToolLoadError as e:
-            _fail([str(e)])
+            usage_error([str(e)])
     sys.argv = [sys.argv[0], command, *argv]
     cli.run_app(worker_options(settings))
 
@@ -104,64 +95,11 @@ def _dispatch(argv: list[str]) -> None:
     try:
         dispatch_id = asyncio.run(create_dispatch(settings, args.room, args.metadata))
     except Exception as e:  # report the server's answer, masked like every log line
-        _fail([f"dispatch failed: {redact(str(e) or type(e).__name__, settings.secrets())}"])
+        usage_error([f"dispatch failed: {redact(str(e) or type(e).__name__, settings.secrets())}"])
     print(dispatch_id)
 
 
-async def create_dispatch(settings: Settings, room: str, metadata: str) -> str:
-    """Create an explicit dispatch of ``settings.agent_name`` into ``room``; return its id."""
-    from livekit import api
-
-    async with api.LiveKitAPI(
-        settings.livekit_url,
-        settings.livekit_api_key.reveal(),
-        settings.livekit_api_secret.reveal(),
-    ) as lkapi:
-        dispatch = await lkapi.agent_dispatch.create_dispatch(
-            api.CreateAgentDispatchRequest(
-                agent_name=settings.agent_name, room=room, metadata=metadata
-            )
-        )
-    return str(dispatch.id)
-
-
 # --- token ----------------------------------------------------------------------------------
-
-_TTL_RE = re.compile(r"^(\d+)\s*([smhd]?)$")
-_TTL_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
-MAX_TTL = timedelta(hours=24)
-
-
-def parse_ttl(text: str) -> timedelta:
-    """``90``, ``90s``, ``15m``, ``2h``, ``1d`` -> timedelta; at most 24 h."""
-    match = _TTL_RE.match(text.strip().lower())
-    if not match:
-        raise ValueError("must be a duration like 900, 15m, 2h or 1d")
-    ttl = timedelta(seconds=int(match[1]) * _TTL_UNITS[match[2]])
-    if not timedelta(0) < ttl <= MAX_TTL:
-        raise ValueError("must be more than 0 and at most 24h")
-    return ttl
-
-
-def mint_token(settings: Settings, room: str, identity: str, ttl: timedelta, name: str = "") -> str:
-    """A participant token with the least privilege: join this one room, publish and subscribe."""
-    from livekit import api
-
-    grants = api.VideoGrants(
-        room_join=True,
-        room=room,
-        can_publish=True,
-        can_subscribe=True,
-        can_publish_data=True,
-    )
-    token = (
-        api.AccessToken(settings.livekit_api_key.reveal(), settings.livekit_api_secret.reveal())
-        .with_identity(identity)
-        .with_name(name or identity)
-        .with_grants(grants)
-        .with_ttl(ttl)
-    )
-    return token.to_jwt()
 
 
 def _token(argv: list[str]) -> None:
@@ -259,17 +197,17 @@ def _talk(argv: list[str]) -> None:
     try:
         config = talk.talk_config()
     except ConfigError as e:
-        _fail([*problems, *e.problems])
+        usage_error([*problems, *e.problems])
     if problems or inputs is None:
-        _fail(problems)
+        usage_error(problems)
     install_log_redaction(config.settings.secrets())
     print(f"providers: {talk.describe_providers(config)}", file=sys.stderr)
     try:
         result = asyncio.run(talk.run_talk(options, inputs, config))
     except LocalLLMError as e:
-        _fail([f"local LLM: {e}"])
+        usage_error([f"local LLM: {e}"])
     except ToolLoadError as e:
-        _fail([str(e)])
+        usage_error([str(e)])
     except KeyboardInterrupt:
         raise SystemExit(130) from None
     except OSError as e:
@@ -311,4 +249,4 @@ def main(argv: Sequence[str] | None = None) -> None:
         _run_framework(command, rest)
     else:
         print(_help(), file=sys.stderr)
-        _fail([f"unknown command {command!r}"])
+        usage_error([f"unknown command {command!r}"])

@@ -9,14 +9,19 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable, Mapping
+import sys
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal, NoReturn
 from urllib.parse import urlparse
 
-AudioInputMode = Literal["auto", "on", "off"]
+if TYPE_CHECKING:
+    from plugins.openai_llm import AudioInputMode
+
+DEFAULT_METRICS_TOPIC = "agent.metrics"
+
 SttProvider = Literal["deepgram", "whisper"]
 TtsProvider = Literal["deepgram", "piper"]
 
@@ -54,6 +59,17 @@ class Need(Enum):
     LIVEKIT_KEYS = "livekit_keys"  # key + secret: token
     AGENT_NAME = "agent_name"  # explicit dispatch
     CLOUD_PROVIDERS = "cloud_providers"  # keys for the configured cloud STT/TTS/LLM
+
+
+USAGE_ERROR = 2
+"""Exit status for bad arguments or configuration."""
+
+
+def usage_error(problems: Sequence[str]) -> NoReturn:
+    """Print one line per problem and exit with :data:`USAGE_ERROR` (no traceback)."""
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+    raise SystemExit(USAGE_ERROR)
 
 
 class ConfigError(Exception):
@@ -94,7 +110,7 @@ class Settings:
     llm_fallback_api_key: Secret = field(default_factory=lambda: Secret(""))
     stt_provider: SttProvider = "deepgram"
     tts_provider: TtsProvider = "deepgram"
-    metrics_topic: str = "agent.metrics"
+    metrics_topic: str = DEFAULT_METRICS_TOPIC
     metrics_destinations: tuple[str, ...] = ()  # empty: everyone in the room
     max_jobs: int = 25
     worker_port: int = 8081

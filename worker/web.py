@@ -6,7 +6,7 @@ time) and two small JSON endpoints:
 - ``GET /api/config``: what the page needs to know (LiveKit URL, metrics topic, whether tokens
   are handed out, the agent name for explicit dispatch). Never a key or secret.
 - ``POST /api/token`` with ``{"room": "NAME"}``: a join token for that one room and a random
-  identity (``web-<hex>``), minted with ``worker.cli.mint_token`` (join, publish, subscribe,
+  identity (``web-<hex>``), minted with ``worker.livekit_api.mint_token`` (join, publish, subscribe,
   publish data; nothing else). Only when ``LIVEKIT_API_KEY`` and ``LIVEKIT_API_SECRET`` are
   set; otherwise 503 with a message saying so. Anyone who can reach the port can get a token,
   so the server listens on 127.0.0.1 unless told otherwise: it is for development.
@@ -26,17 +26,17 @@ import sys
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Final, NoReturn
+from typing import Any, Final
 
 from aiohttp import web
 
-from worker.config import ConfigError, Settings, load_settings
+from worker.config import ConfigError, Settings, load_settings, usage_error
+from worker.livekit_api import mint_token
 from worker.redaction import install_log_redaction
 
 logger = logging.getLogger("worker.web")
 
 STATIC_DIR: Final = Path(__file__).resolve().parent / "static"
-USAGE_ERROR: Final = 2
 MAX_ROOM_NAME: Final = 128
 MAX_BODY_BYTES: Final = 4096
 
@@ -151,7 +151,6 @@ class _Handlers:
         )
 
     async def token(self, request: web.Request) -> web.Response:
-        from worker.cli import mint_token  # the CLI's token, one definition of the grants
 
         if not tokens_enabled(self._settings):
             return _json_error(503, tokens_disabled_reason(self._settings))
@@ -226,12 +225,6 @@ async def serve(settings: Settings, options: WebOptions) -> None:
         await runner.cleanup()
 
 
-def _fail(problems: list[str]) -> NoReturn:
-    for problem in problems:
-        print(f"error: {problem}", file=sys.stderr)
-    raise SystemExit(USAGE_ERROR)
-
-
 def web_command(argv: list[str]) -> None:
     """``python -m worker web [--port 8080] [--host 127.0.0.1]``."""
     parser = argparse.ArgumentParser(
@@ -255,7 +248,7 @@ def web_command(argv: list[str]) -> None:
     except ConfigError as e:
         problems.extend(e.problems)
     if problems:
-        _fail(problems)
+        usage_error(problems)
     install_log_redaction(settings.secrets())
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if not tokens_enabled(settings):
@@ -270,6 +263,6 @@ def web_command(argv: list[str]) -> None:
     try:
         asyncio.run(serve(settings, WebOptions(host=args.host, port=args.port)))
     except OSError as e:
-        _fail([f"cannot listen on {args.host}:{args.port}: {e.strerror or e}"])
+        usage_error([f"cannot listen on {args.host}:{args.port}: {e.strerror or e}"])
     except KeyboardInterrupt:
         pass

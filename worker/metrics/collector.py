@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 from livekit.agents.metrics import AgentMetrics, UsageCollector, VADMetrics
 
+from worker.config import DEFAULT_METRICS_TOPIC
 from worker.metrics.payloads import (
-    DEFAULT_TOPIC,
     MAX_PAYLOAD_BYTES,
     VadAggregator,
     metric_payload,
@@ -38,7 +38,7 @@ logger = logging.getLogger("worker.metrics.collector")
 
 @dataclass(frozen=True)
 class MetricsOptions:
-    topic: str = DEFAULT_TOPIC
+    topic: str = DEFAULT_METRICS_TOPIC
     include_transcripts: bool = False
     """Put user/agent text into ``turn`` payloads (off: no transcript leaves the process)."""
     vad_window: float = 10.0

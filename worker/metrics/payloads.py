@@ -31,7 +31,6 @@ from livekit.agents.metrics import (
 from worker.providers.errors import error_name
 
 SCHEMA_VERSION: Final = 1
-DEFAULT_TOPIC: Final = "agent.metrics"
 MAX_PAYLOAD_BYTES: Final = 15 * 1024
 """LiveKit's limit for one reliable data packet."""
 

@@ -17,7 +17,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any, Protocol
 
-from worker.metrics.payloads import DEFAULT_TOPIC, MAX_PAYLOAD_BYTES, encode_payload
+from worker.config import DEFAULT_METRICS_TOPIC
+from worker.metrics.payloads import MAX_PAYLOAD_BYTES, encode_payload
 
 logger = logging.getLogger("worker.metrics.publisher")
 
@@ -116,7 +117,7 @@ class MetricsPublisher:
         self,
         sinks: Sequence[MetricsSink],
         *,
-        topic: str = DEFAULT_TOPIC,
+        topic: str = DEFAULT_METRICS_TOPIC,
         max_queue: int = 256,
         max_bytes: int = MAX_PAYLOAD_BYTES,
         send_timeout: float = 5.0,

@@ -27,9 +27,8 @@ LAZY_MODULES = ("httpcore2", "openai.resources.chat.chat", "anyio._backends._asy
 """Modules the openai SDK imports on first use: its HTTP transport when the job builds the LLM
 client, its chat resource (``openai.resources.chat`` only names it: the package imports
 ``chat.chat`` and the completions resource on first access) on the first request. Imported at
-the first reply they stall the job's event loop for ~20 ms, 50-100 ms on a loaded machine
-(tests/test_prewarm.py checks that a first request imports nothing more). Missing names are
-skipped."""
+the first reply they would stall the job's event loop on the voice path (tests/test_prewarm.py
+checks that a first request imports nothing more). Missing names are skipped."""
 
 
 def import_lazy_modules() -> None:
@@ -47,8 +46,8 @@ def prewarm(proc: JobProcess) -> None:
     prewarm_providers(settings)
     import_lazy_modules()
     # What is loaded now lives as long as the process: keep it out of the cyclic collector's
-    # full passes (~140k objects, ~40 ms of stalled event loop each, at random moments of a
-    # call). Objects the job creates are collected as usual.
+    # full passes (each one walks every object and stalls the event loop, at random moments of
+    # a call). Objects the job creates are collected as usual.
     gc.collect()
     gc.freeze()
 

@@ -21,7 +21,7 @@ class VAD(silero.VAD):
     """``livekit.plugins.silero.VAD`` whose streams carry the model's RNN state.
 
     Same API as the stock class, all inherited: ``VAD.load(...)`` with the same
-    options (blocking, ~40 ms: call it in the worker's prewarm), ``stream()``,
+    options (blocking: call it in the worker's prewarm), ``stream()``,
     ``update_options(...)``, the ``metrics_collected`` event. The model file is
     the one inside the plugin wheel. The only change: the ONNX session handed to
     each stream's model carries the state (see ``state_carry``).

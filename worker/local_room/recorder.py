@@ -76,8 +76,8 @@ class AudioRecorder:
     so the recording is continuous; :attr:`ReceivedFrame.audible` tells speech from silence.
 
     The list always holds 10 ms frames. ``frame_ms`` (a multiple of 10) is the size the stream
-    delivers: each delivered frame costs an FFI event and a loop wake-up, ~3% of a core at
-    10 ms (more than the agent's VAD), so a load test reads 50 ms frames. Each is then split
+    delivers: each delivered frame costs an FFI event and a loop wake-up, so a load test
+    reads 50 ms frames (bench/capacity.py prices the difference). Each is then split
     into 10 ms frames received when their last sample was: ``received_at`` minus the duration
     of the samples after it, which is what a 10 ms stream would have reported.
     """

@@ -133,10 +133,6 @@ class MetricsPublisher:
         self._started = False
         self._closed = False
 
-    @property
-    def topic(self) -> str:
-        return self._topic
-
     def stats(self) -> dict[str, dict[str, int]]:
         """Per sink: payloads ``sent``, ``dropped`` (lost in total) and ``queued``."""
         return {

@@ -67,8 +67,7 @@ class SegmenterOptions:
     first_cut_at_sentence_mark: bool = True
     """The first segment ends as soon as a sentence mark arrives (unless it follows an
     abbreviation, an initial or a digit) instead of when the next word begins: one token less
-    to wait for before the TTS starts (20 ms at 50 tokens/s; bench/voice.py measured the
-    voice-path overhead p95 going from 49 to ~30 ms)."""
+    to wait for before the TTS starts (bench/voice.py measures the voice-path overhead)."""
 
 
 class TextSegmenter:

@@ -11,7 +11,6 @@ soon as the final transcript arrives, before the VAD has decided that speech end
 
 from __future__ import annotations
 
-import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,8 +36,6 @@ class UtteranceAudio:
         self._samples = 0  # samples pushed so far (at the frames' own rate)
         self._rate = 16000
         self._start: int | None = None  # sample index where the current utterance starts
-        self.speech_ended_at: float | None = None
-        """perf_counter time the user actually stopped speaking (VAD end minus its silence)."""
 
     def push(self, frame: rtc.AudioFrame) -> None:
         if frame.samples_per_channel == 0:
@@ -56,8 +53,6 @@ class UtteranceAudio:
         if ev.type == vad.VADEventType.START_OF_SPEECH and self._start is None:
             back = ev.speech_duration + self._opts.prefix_seconds
             self._start = max(0, self._samples - int(back * self._rate))
-        elif ev.type == vad.VADEventType.END_OF_SPEECH:
-            self.speech_ended_at = time.perf_counter() - ev.silence_duration
 
     @property
     def in_utterance(self) -> bool:

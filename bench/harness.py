@@ -43,7 +43,7 @@ from livekit.agents.pipeline import VoicePipelineAgent
 from livekit.agents.pipeline.human_input import HumanInput
 from livekit.plugins import deepgram, silero
 
-from plugins.openai_llm import LLM, LLMOptions
+from plugins.openai_llm import LLM
 from tests.loopback.deepgram_server import DeepgramLoopback, ListenOptions, SpeakOptions
 from tests.loopback.openai_server import OpenAIServer, Reply, tokens
 from tests.speech import speak
@@ -724,7 +724,7 @@ def stock_agent(
         stt=deepgram.STT(
             api_key="dg-bench", base_url=endpoints["DEEPGRAM_STT_URL"], http_session=http
         ),
-        llm=LLM(LLMOptions(base_url=endpoints["OPENAI_BASE_URL"], api_key="sk-bench")),
+        llm=LLM(base_url=endpoints["OPENAI_BASE_URL"], api_key="sk-bench"),
         tts=deepgram.TTS(
             api_key="dg-bench", base_url=endpoints["DEEPGRAM_TTS_URL"], http_session=http
         ),

@@ -46,7 +46,7 @@ async def stock_entrypoint(ctx: Any) -> None:
     from livekit.agents.pipeline import VoicePipelineAgent
     from livekit.plugins import deepgram
 
-    from plugins.openai_llm import LLM, LLMOptions
+    from plugins.openai_llm import LLM
     from worker.config import Settings
 
     env = ctx.proc.userdata["env"]
@@ -55,7 +55,7 @@ async def stock_entrypoint(ctx: Any) -> None:
     agent = VoicePipelineAgent(
         vad=ctx.proc.userdata["vad"],
         stt=deepgram.STT(api_key="dg-bench", base_url=env["DEEPGRAM_STT_URL"]),
-        llm=LLM(LLMOptions(base_url=env["OPENAI_BASE_URL"], api_key="sk-bench")),
+        llm=LLM(base_url=env["OPENAI_BASE_URL"], api_key="sk-bench"),
         tts=deepgram.TTS(api_key="dg-bench", base_url=env["DEEPGRAM_TTS_URL"]),
         chat_ctx=llm.ChatContext().append(role="system", text=Settings().instructions),
     )

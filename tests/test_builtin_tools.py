@@ -20,7 +20,7 @@ from livekit.agents import APIConnectOptions
 from livekit.agents.llm import ChatContext, ChatImage, FunctionContext
 from PIL import Image
 
-from plugins.openai_llm import LLM, LLMOptions
+from plugins.openai_llm import LLM
 from tests.loopback.openai_server import OpenAIServer, Reply, ToolCall, scripted
 from worker.tools.builtin import BuiltinTools
 from worker.tools.loading import ToolLoadError, load_user_tools, merge_tools
@@ -64,7 +64,7 @@ async def run_reply(
     """One reply whose first round makes `calls`; returns the text the consumer got."""
     server.responder = scripted(Reply(tool_calls=calls), Reply(text=answer))
     runner = ToolRunningLLM(
-        LLM(LLMOptions(model="loopback", base_url=server.base_url, api_key="sk-test")),
+        LLM(model="loopback", base_url=server.base_url, api_key="sk-test"),
         ToolRunningLLMOptions(),
     )
     ctx = ChatContext().append(role="system", text="Be brief.").append(role="user", text="Go.")

@@ -184,7 +184,7 @@ async def test_the_fallback_llm_never_gets_the_openai_key_on_another_host(
     fallback = build_fallback_llm(settings)
     assert fallback is not None
     try:
-        assert fallback.options.api_key == expected
+        assert fallback._client.api_key == expected  # what the SDK sends as the bearer token
     finally:
         await fallback.aclose()
 

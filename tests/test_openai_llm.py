@@ -5,9 +5,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import enum
+import inspect
 import io
 import logging
+import subprocess
+import sys
 import wave
+from pathlib import Path
 from typing import Annotated
 
 import numpy as np
@@ -36,7 +40,8 @@ from livekit.agents.llm import (
 from livekit.agents.metrics import LLMMetrics
 from PIL import Image
 
-from plugins.openai_llm import LLM, InvalidFunctionCall, LLMOptions, LLMStream, build_call
+import plugins.openai_llm
+from plugins.openai_llm import LLM, InvalidFunctionCall, LLMStream, build_call
 from tests.loopback.openai_server import Fault, OpenAIServer, Reply, ToolCall, Usage, scripted
 from tests.speech import speak
 
@@ -81,7 +86,7 @@ async def make_llm(server):
     made: list[LLM] = []
 
     def make(**options) -> LLM:
-        llm = LLM(LLMOptions(base_url=server.base_url, api_key=KEY, **options))
+        llm = LLM(base_url=server.base_url, api_key=KEY, **options)
         made.append(llm)
         return llm
 
@@ -110,6 +115,97 @@ def calls_of(chunks: list[ChatChunk]) -> list[FunctionCallInfo]:
 
 def user(*content) -> ChatContext:
     return ChatContext(messages=[ChatMessage(role="user", content=list(content))])
+
+
+# --- constructed like livekit-plugins-openai 0.12 ---------------------------------------------
+
+# livekit.plugins.openai.LLM.__init__ in livekit-plugins-openai 0.12 (all keyword-only)
+LIVEKIT_LLM_ARGUMENTS = {
+    "model": "gpt-4o",
+    "api_key": None,
+    "base_url": None,
+    "user": None,
+    "client": None,
+    "temperature": None,
+    "parallel_tool_calls": None,
+    "tool_choice": "auto",
+    "store": None,
+    "metadata": None,
+}
+
+
+def test_constructor_takes_livekit_plugins_openai_arguments_and_defaults():
+    params = inspect.signature(LLM).parameters
+    assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in params.values())
+    defaults = {name: params[name].default for name in LIVEKIT_LLM_ARGUMENTS if name in params}
+    assert defaults == LIVEKIT_LLM_ARGUMENTS
+    assert not hasattr(plugins.openai_llm, "LLMOptions")  # the options are private
+
+
+async def test_a_port_from_livekit_plugins_openai_changes_the_import_only(server):
+    # What a livekit-plugins-openai 0.12 agent typically passes, word for word.
+    llm = LLM(
+        model="gpt-4o-mini",
+        api_key=KEY,
+        base_url=server.base_url,
+        temperature=0.4,
+        parallel_tool_calls=False,
+        tool_choice="required",
+        user="caller-42",
+    )
+    try:
+        assert text_of(await collect(llm.chat(chat_ctx=user("hi"), fnc_ctx=Tools()))) == "ok"
+        await collect(llm.chat(chat_ctx=user("hi")))
+    finally:
+        await llm.aclose()
+
+    with_tools, without_tools = (r.body for r in server.requests)
+    sent = {k: with_tools.get(k) for k in ("model", "temperature", "user")}
+    assert sent == {"model": "gpt-4o-mini", "temperature": 0.4, "user": "caller-42"}
+    assert with_tools["tool_choice"] == "required"
+    assert with_tools["parallel_tool_calls"] is False
+    assert [t["function"]["name"] for t in with_tools["tools"]] == ["add", "fail", "get_weather"]
+    # as in livekit-plugins-openai: tool options only go with tools
+    assert not {"tools", "tool_choice", "parallel_tool_calls"} & without_tools.keys()
+    assert without_tools["user"] == "caller-42"
+    assert server.requests[0].headers["Authorization"] == f"Bearer {KEY}"
+
+
+async def test_tool_choice_defaults_and_store_metadata(server, make_llm):
+    tools = Tools()
+    await collect(make_llm().chat(chat_ctx=user("hi"), fnc_ctx=tools))
+    await collect(make_llm(tool_choice=None).chat(chat_ctx=user("hi"), fnc_ctx=tools))
+    configured = make_llm(tool_choice="none", store=True, metadata={"room": "r1"})
+    await collect(configured.chat(chat_ctx=user("hi"), fnc_ctx=tools, tool_choice="required"))
+
+    default, unset, overridden = (r.body for r in server.requests)
+    assert default["tool_choice"] == "auto"
+    assert not {"user", "store", "metadata", "parallel_tool_calls"} & default.keys()
+    assert "tool_choice" not in unset  # None: the server's own default
+    assert overridden["tool_choice"] == "required"  # chat()'s argument wins
+    assert overridden["store"] is True
+    assert overridden["metadata"] == {"room": "r1"}
+
+
+def test_the_plain_types_load_without_the_openai_sdk():
+    """worker.config validates LLM_AUDIO_INPUT against AudioInputMode before any provider is
+    built: importing it must not load the openai SDK (nor livekit-agents)."""
+    code = (
+        "import sys, typing, worker.config\n"
+        "from plugins.openai_llm import AudioInputMode\n"
+        "print(typing.get_args(AudioInputMode))\n"
+        "print(sorted(m for m in ('openai', 'livekit.agents', 'plugins.openai_llm.llm')"
+        " if m in sys.modules))\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True
+    )
+    assert done.stdout.splitlines() == ["('auto', 'on', 'off')", "[]"]
+    # the names that need the SDK load on first use
+    assert plugins.openai_llm.LLM is LLM
+    with pytest.raises(AttributeError, match="no attribute 'Nothing'"):
+        _ = plugins.openai_llm.Nothing
 
 
 # --- request bodies ---------------------------------------------------------------------------
@@ -656,7 +752,7 @@ async def test_cancel_mid_stream_closes_the_response(server, make_llm):
 
 async def test_llm_aclose_closes_its_client_and_open_streams(server):
     server.responder = lambda body: Reply(text="word " * 200, tokens_per_second=50)
-    llm = LLM(LLMOptions(base_url=server.base_url, api_key=KEY))
+    llm = LLM(base_url=server.base_url, api_key=KEY)
     stream = llm.chat(chat_ctx=user("hi"))
     await stream.__anext__()
 
@@ -670,7 +766,7 @@ async def test_llm_aclose_closes_its_client_and_open_streams(server):
 
 async def test_a_given_client_is_left_open(server):
     client = openai.AsyncOpenAI(base_url=server.base_url, api_key=KEY, max_retries=0)
-    llm = LLM(LLMOptions(model="m"), client=client)
+    llm = LLM(model="m", client=client)
     chunks = await collect(llm.chat(chat_ctx=user("hi")))
     await llm.aclose()
     assert text_of(chunks) == "ok"
@@ -681,12 +777,12 @@ async def test_a_given_client_is_left_open(server):
 def test_missing_api_key_is_an_error_only_for_openai_itself(monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     with pytest.raises(ValueError, match="OPENAI_API_KEY"):
-        LLM(LLMOptions())
+        LLM()
 
 
 async def test_local_server_needs_no_api_key(server, monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    llm = LLM(LLMOptions(base_url=server.base_url))
+    llm = LLM(base_url=server.base_url)
     try:
         assert text_of(await collect(llm.chat(chat_ctx=user("hi")))) == "ok"
     finally:

@@ -30,7 +30,7 @@ from livekit.agents.llm import (
 )
 from livekit.agents.metrics import LLMMetrics
 
-from plugins.openai_llm import LLM, InvalidFunctionCall, LLMOptions
+from plugins.openai_llm import LLM, InvalidFunctionCall
 
 STARTUP_TIMEOUT = 120.0
 CONN = APIConnectOptions(max_retry=0, timeout=60.0)
@@ -109,14 +109,13 @@ def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture
 async def llm(llama_server: str):
     # llama_cpp.server knows `max_tokens` only (it ignores `max_completion_tokens`).
-    options = LLMOptions(
+    llm = LLM(
         model="smollm2",
         base_url=llama_server,
         temperature=0.0,
         max_output_tokens=48,
         max_tokens_field="max_tokens",
     )
-    llm = LLM(options)
     yield llm
     await llm.aclose()
 

@@ -13,7 +13,7 @@ from livekit.agents import vad as agents_vad
 from livekit.agents.metrics import TTSMetrics
 from livekit.plugins import silero
 
-from plugins.piper_tts import TTS, PiperOptions, load_voice
+from plugins.piper_tts import TTS, default_voice_paths, load_voice
 from plugins.whisper_stt import STT
 
 TIMEOUT = 60.0
@@ -83,7 +83,7 @@ def test_declares_streaming_at_the_output_rate() -> None:
     tts = TTS()
     assert tts.capabilities.streaming is True
     assert (tts.sample_rate, tts.num_channels) == (24000, 1)
-    assert TTS(PiperOptions(sample_rate=16000)).sample_rate == 16000
+    assert TTS(sample_rate=16000).sample_rate == 16000
 
 
 async def test_synthesize_is_speech_that_whisper_understands(piper: TTS, whisper, vad) -> None:
@@ -124,7 +124,7 @@ async def test_synthesize_is_speech_that_whisper_understands(piper: TTS, whisper
 
 @pytest.mark.parametrize("sample_rate", [22050, 16000])
 async def test_output_rate_is_configurable(voice_loaded: None, whisper, sample_rate) -> None:
-    tts = TTS(PiperOptions(sample_rate=sample_rate, frame_ms=20))
+    tts = TTS(sample_rate=sample_rate, frame_ms=20)
     phrase = "Please turn on the kitchen lights."
     frame = await asyncio.wait_for(tts.synthesize(phrase).collect(), TIMEOUT)
     assert frame.sample_rate == sample_rate
@@ -251,3 +251,9 @@ def test_voice_loads_once_per_process(voice_loaded: None, tmp_path: Path) -> Non
     assert load_voice() is load_voice()
     with pytest.raises(FileNotFoundError):
         load_voice(tmp_path / "missing.onnx")
+    # `voice` names a voice file (str or path); its config defaults to `<voice>.json`
+    model, config = default_voice_paths()
+    assert config == Path(f"{model}.json")
+    assert TTS(voice=str(model))._voice() is load_voice()
+    with pytest.raises(FileNotFoundError, match=r"missing\.onnx"):
+        TTS(voice=tmp_path / "missing.onnx").prewarm()

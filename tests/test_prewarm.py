@@ -17,7 +17,7 @@ import asyncio, json, sys
 
 import worker.entrypoint
 from livekit.agents import llm
-from plugins.openai_llm import LLM, LLMOptions
+from plugins.openai_llm import LLM
 from tests.loopback.openai_server import OpenAIServer, Reply
 
 worker.entrypoint.import_lazy_modules()
@@ -25,7 +25,7 @@ worker.entrypoint.import_lazy_modules()
 
 async def main() -> None:
     async with OpenAIServer(lambda body: Reply(text="hello back")) as server:
-        model = LLM(LLMOptions(model="m", base_url=server.base_url, api_key="sk-test"))
+        model = LLM(model="m", base_url=server.base_url, api_key="sk-test")
         before = set(sys.modules)
         text = ""
         async with model.chat(chat_ctx=llm.ChatContext().append(role="user", text="hi")) as s:

@@ -20,7 +20,7 @@ from livekit.agents import APIConnectOptions, llm
 from livekit.agents.llm import ChatContext, FunctionContext, TypeInfo, ai_callable
 from livekit.agents.metrics import LLMMetrics
 
-from plugins.openai_llm import LLM, LLMOptions
+from plugins.openai_llm import LLM
 from tests.loopback.openai_server import Fault, OpenAIServer, Reply, ToolCall, scripted
 from worker.tools.runner import (
     ToolRoundsStream,
@@ -125,7 +125,7 @@ async def server() -> AsyncIterator[OpenAIServer]:
 
 
 def make_runner(server: OpenAIServer, **options: Any) -> ToolRunningLLM:
-    inner = LLM(LLMOptions(model="loopback", base_url=server.base_url, api_key="sk-test"))
+    inner = LLM(model="loopback", base_url=server.base_url, api_key="sk-test")
     return ToolRunningLLM(inner, ToolRunningLLMOptions(**options))
 
 
@@ -550,7 +550,7 @@ async def test_one_llm_metrics_per_round_is_forwarded_and_none_merged(
 
 async def test_llm_failing_before_any_text_speaks_the_apology() -> None:
     async with OpenAIServer(lambda body: Fault(status=400, message="bad request")) as server:
-        inner = LLM(LLMOptions(base_url=server.base_url, api_key="sk-test"))
+        inner = LLM(base_url=server.base_url, api_key="sk-test")
         runner = ToolRunningLLM(inner, ToolRunningLLMOptions(apology="Sorry, say again?"))
         ctx = llm.ChatContext().append(role="user", text="hi")
         stream = runner.chat(chat_ctx=ctx)
@@ -564,7 +564,7 @@ async def test_llm_failing_before_any_text_speaks_the_apology() -> None:
 async def test_llm_failing_after_some_text_does_not_repeat_or_apologise() -> None:
     reply = Reply(text="The answer is forty two and more words follow.", drop_after=3)
     async with OpenAIServer(lambda body: reply) as server:
-        inner = LLM(LLMOptions(base_url=server.base_url, api_key="sk-test"))
+        inner = LLM(base_url=server.base_url, api_key="sk-test")
         runner = ToolRunningLLM(inner, ToolRunningLLMOptions(apology="Sorry, say again?"))
         ctx = llm.ChatContext().append(role="user", text="hi")
         stream = runner.chat(chat_ctx=ctx)

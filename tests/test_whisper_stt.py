@@ -12,7 +12,7 @@ from livekit.agents import stt as agents_stt
 from livekit.agents.metrics import STTMetrics
 from livekit.plugins import silero
 
-from plugins.whisper_stt import STT, WhisperOptions, load_model, to_whisper_input
+from plugins.whisper_stt import STT, default_model_path, load_model, to_whisper_input
 from tests.speech import silence, speak
 
 SENTENCE = "Please turn on the kitchen lights and play some music."
@@ -178,7 +178,9 @@ def test_to_whisper_input_rejects_mixed_rates() -> None:
 
 def test_model_loads_once_per_process(model_loaded: None) -> None:
     assert load_model() is load_model()
-    assert STT()._model() is STT(WhisperOptions(beam_size=1))._model()
+    assert STT()._model() is STT(beam_size=1)._model()
+    # the bundled model named by its directory (a str, as LiveKit plugins take `model`)
+    assert STT(model=str(default_model_path()))._model() is STT()._model()
 
 
 def test_model_path_must_be_a_local_model_directory(tmp_path: Path) -> None:
@@ -187,3 +189,5 @@ def test_model_path_must_be_a_local_model_directory(tmp_path: Path) -> None:
         load_model(tmp_path)
     with pytest.raises(FileNotFoundError):
         load_model(Path("tiny.en"))
+    with pytest.raises(FileNotFoundError, match=r"model\.bin"):
+        STT(model="tiny.en").prewarm()  # a model name, as faster-whisper would download it

@@ -14,11 +14,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, NoReturn
+from typing import Literal, NoReturn, get_args
 from urllib.parse import urlparse
 
-if TYPE_CHECKING:
-    from plugins.openai_llm import AudioInputMode
+from plugins.openai_llm.models import AudioInputMode
 
 DEFAULT_METRICS_TOPIC = "agent.metrics"
 
@@ -298,7 +297,7 @@ class _Parser:
             openai_base_url=self._url("OPENAI_BASE_URL", "", ("http", "https")),
             llm_model=self._get("LLM_MODEL") or d.llm_model,
             llm_audio_input=self._choice(  # type: ignore[arg-type]
-                "LLM_AUDIO_INPUT", d.llm_audio_input, ("auto", "on", "off")
+                "LLM_AUDIO_INPUT", d.llm_audio_input, get_args(AudioInputMode)
             ),
             llm_fallback_base_url=self._url("LLM_FALLBACK_BASE_URL", "", ("http", "https")),
             llm_fallback_model=self._get("LLM_FALLBACK_MODEL") or "",

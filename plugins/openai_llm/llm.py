@@ -1,8 +1,8 @@
 """livekit.agents 0.12 LLM / LLMStream on the openai SDK (streaming chat completions).
 
 Works with OpenAI and any OpenAI-compatible server (vLLM, Ollama, llama.cpp, Groq, ...) via
-`LLMOptions.base_url`. The client is built with `max_retries=0`: the framework's LLMStream
-owns retries (`conn_options`), and `errors.to_api_error` says what may be retried.
+`base_url`. The client is built with `max_retries=0`: the framework's LLMStream owns retries
+(`conn_options`), and `errors.to_api_error` says what may be retried.
 
 What a stream sends, in server order:
   * a ChatChunk per text delta (`choices[0].delta.content`);
@@ -20,9 +20,9 @@ plugin); only choice 0 is searched for tool calls and decides when the stream fi
 
 from __future__ import annotations
 
-import logging
 import os
 import weakref
+from collections.abc import Mapping
 from typing import Any, Literal, cast
 
 import openai
@@ -42,41 +42,90 @@ from livekit.agents.llm import (
 from openai.types.chat import ChatCompletionChunk, ChatCompletionMessageParam
 
 from .errors import to_api_error
+from .log import logger
 from .messages import Message, to_request_messages
-from .options import LLMOptions
+from .models import AudioInputMode, ImageDetail, MaxTokensField
+from .options import _LLMOptions
 from .tool_calls import ToolCallAssembler
 from .tool_schema import build_tools
-
-logger = logging.getLogger("plugins.openai_llm")
 
 _PLACEHOLDER_KEY = "no-key"  # local servers ignore it; the SDK wants something
 
 
 class LLM(agents_llm.LLM):
     def __init__(
-        self, options: LLMOptions | None = None, *, client: openai.AsyncOpenAI | None = None
+        self,
+        *,
+        model: str = "gpt-4o",
+        api_key: str | None = None,
+        base_url: str | None = None,
+        user: str | None = None,
+        client: openai.AsyncOpenAI | None = None,
+        temperature: float | None = None,
+        parallel_tool_calls: bool | None = None,
+        tool_choice: ToolChoice | Literal["auto", "required", "none"] | None = "auto",
+        store: bool | None = None,
+        metadata: dict[str, str] | None = None,
+        audio_input: AudioInputMode = "auto",
+        image_input: bool = True,
+        image_detail: ImageDetail = "auto",
+        image_max_size: int = 768,
+        image_jpeg_quality: int = 75,
+        max_output_tokens: int | None = None,
+        max_tokens_field: MaxTokensField = "max_completion_tokens",
+        extra_headers: Mapping[str, str] | None = None,
     ) -> None:
-        """`client`: bring your own AsyncOpenAI (it is then yours to close, and its
-        base_url/api_key win over the options'). Otherwise one is created from the options
-        and closed by `aclose()`."""
+        """The arguments up to `metadata` are those of ``livekit.plugins.openai.LLM`` (0.12),
+        with the same defaults and meaning; `user`, `store` and `metadata` go into the request
+        as they are, `temperature`, `parallel_tool_calls` and `tool_choice` are the defaults
+        of ``chat()``'s arguments of the same name (tool choice and parallel calls are only
+        sent with tools; None: not sent, the server's default).
+
+        `api_key=None` falls back to `OPENAI_API_KEY`; with a `base_url` (a local server) a
+        missing key is allowed and a placeholder is sent. `client`: bring your own
+        AsyncOpenAI (it is then yours to close, and its base_url/api_key win). Otherwise one
+        is created and closed by `aclose()`.
+
+        This plugin's own:
+          * `audio_input`: whether ChatAudio is sent as an `input_audio` part (see
+            `models.takes_audio_input`);
+          * `image_input`: False for models that cannot see (e.g. a small local text model):
+            images are left out;
+          * `image_detail`: used for ChatImages whose own `inference_detail` is "auto";
+          * `image_max_size`: longest side (px) of a camera frame sent as an image, unless
+            the ChatImage sets inference_width/height; frames are never upscaled;
+          * `image_jpeg_quality`: of those frames;
+          * `max_output_tokens`, sent as `max_tokens_field` (see `models.MaxTokensField`);
+          * `extra_headers`: added to every request.
+        """
         super().__init__(capabilities=LLMCapabilities(supports_choices_on_int=True))
-        self._opts = options or LLMOptions()
-        self._api_key = self._opts.api_key or os.environ.get("OPENAI_API_KEY")
+        self._opts = _LLMOptions(
+            model=model,
+            user=user,
+            temperature=temperature,
+            parallel_tool_calls=parallel_tool_calls,
+            tool_choice=tool_choice,
+            store=store,
+            metadata=dict(metadata) if metadata is not None else None,
+            audio_input=audio_input,
+            image_input=image_input,
+            image_detail=image_detail,
+            image_max_size=image_max_size,
+            image_jpeg_quality=image_jpeg_quality,
+            max_output_tokens=max_output_tokens,
+            max_tokens_field=max_tokens_field,
+            extra_headers=dict(extra_headers or {}),
+        )
+        self._api_key = api_key or os.environ.get("OPENAI_API_KEY")
         self._owns_client = client is None
         if client is None:
-            if not self._api_key and self._opts.base_url is None:
-                raise ValueError("no OpenAI API key: set LLMOptions.api_key or OPENAI_API_KEY")
+            if not self._api_key and base_url is None:
+                raise ValueError("no OpenAI API key: pass api_key or set OPENAI_API_KEY")
             client = openai.AsyncOpenAI(
-                api_key=self._api_key or _PLACEHOLDER_KEY,
-                base_url=self._opts.base_url,
-                max_retries=0,
+                api_key=self._api_key or _PLACEHOLDER_KEY, base_url=base_url, max_retries=0
             )
         self._client = client
         self._streams: weakref.WeakSet[LLMStream] = weakref.WeakSet()
-
-    @property
-    def options(self) -> LLMOptions:
-        return self._opts
 
     @property
     def model(self) -> str:
@@ -120,11 +169,21 @@ class LLM(agents_llm.LLM):
             params["temperature"] = temperature
         if n is not None:
             params["n"] = n
+        if opts.user is not None:
+            params["user"] = opts.user
+        if opts.store is not None:
+            params["store"] = opts.store
+        if opts.metadata is not None:  # some compatible servers reject the field, even null
+            params["metadata"] = dict(opts.metadata)
         if opts.max_output_tokens is not None:
             params[opts.max_tokens_field] = opts.max_output_tokens
         tools = build_tools(fnc_ctx)
         if tools:
             params["tools"] = tools
+            tool_choice = tool_choice if tool_choice is not None else opts.tool_choice
+            parallel_tool_calls = (
+                parallel_tool_calls if parallel_tool_calls is not None else opts.parallel_tool_calls
+            )
             if isinstance(tool_choice, ToolChoice):
                 params["tool_choice"] = {"type": "function", "function": {"name": tool_choice.name}}
             elif tool_choice is not None:
@@ -162,7 +221,7 @@ class LLMStream(agents_llm.LLMStream):
 
     async def _run(self) -> None:
         if self._messages is None:
-            self._messages = await to_request_messages(self._chat_ctx, self._owner.options)
+            self._messages = await to_request_messages(self._chat_ctx, self._owner._opts)
         assembler = ToolCallAssembler(self._fnc_ctx)
         output_started = False
         self._finished = False

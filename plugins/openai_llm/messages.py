@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -32,10 +31,10 @@ from livekit.agents.llm import (
     FunctionCallInfo,
 )
 
+from .log import logger
 from .media import audio_wav_base64, image_needs_encoding, image_url
-from .options import LLMOptions, takes_audio_input
-
-logger = logging.getLogger("plugins.openai_llm")
+from .models import takes_audio_input
+from .options import _LLMOptions
 
 Message = dict[str, Any]
 
@@ -46,7 +45,7 @@ def _contents(msg: ChatMessage) -> list[ChatContent]:
     return msg.content if isinstance(msg.content, list) else [msg.content]
 
 
-def _image_part(image: ChatImage, opts: LLMOptions) -> dict[str, Any]:
+def _image_part(image: ChatImage, opts: _LLMOptions) -> dict[str, Any]:
     detail = image.inference_detail if image.inference_detail != "auto" else opts.image_detail
     url = image_url(image, opts.image_max_size, opts.image_jpeg_quality)
     return {"type": "image_url", "image_url": {"url": url, "detail": detail}}
@@ -59,7 +58,7 @@ def _audio_part(audio: ChatAudio) -> dict[str, Any] | None:
     return {"type": "input_audio", "input_audio": {"data": data, "format": "wav"}}
 
 
-def _user_content(msg: ChatMessage, opts: LLMOptions, audio_input: bool) -> str | list[Any]:
+def _user_content(msg: ChatMessage, opts: _LLMOptions, audio_input: bool) -> str | list[Any]:
     parts: list[dict[str, Any]] = []
     for item in _contents(msg):
         if isinstance(item, str):
@@ -113,7 +112,7 @@ def _tool_result(msg: ChatMessage) -> str:
     return json.dumps(msg.content, ensure_ascii=False, default=str)
 
 
-def _message(msg: ChatMessage, opts: LLMOptions, audio_input: bool) -> Message | None:
+def _message(msg: ChatMessage, opts: _LLMOptions, audio_input: bool) -> Message | None:
     if msg.role == "tool":
         return {"role": "tool", "tool_call_id": msg.tool_call_id, "content": _tool_result(msg)}
     if msg.role == "user":
@@ -136,14 +135,14 @@ def _message(msg: ChatMessage, opts: LLMOptions, audio_input: bool) -> Message |
     return out
 
 
-def build_messages(messages: Sequence[ChatMessage], opts: LLMOptions) -> list[Message]:
+def build_messages(messages: Sequence[ChatMessage], opts: _LLMOptions) -> list[Message]:
     """Blocking when frames must be encoded or audio is sent: see `to_request_messages`."""
     audio_input = takes_audio_input(opts.model, opts.audio_input)
     out = [_message(m, opts, audio_input) for m in messages]
     return [m for m in out if m is not None]
 
 
-def _needs_blocking_work(messages: Sequence[ChatMessage], opts: LLMOptions) -> bool:
+def _needs_blocking_work(messages: Sequence[ChatMessage], opts: _LLMOptions) -> bool:
     audio_input = takes_audio_input(opts.model, opts.audio_input)
     for msg in messages:
         if msg.role != "user":
@@ -160,7 +159,7 @@ def _needs_blocking_work(messages: Sequence[ChatMessage], opts: LLMOptions) -> b
     return False
 
 
-async def to_request_messages(chat_ctx: ChatContext, opts: LLMOptions) -> list[Message]:
+async def to_request_messages(chat_ctx: ChatContext, opts: _LLMOptions) -> list[Message]:
     """`build_messages`, run in a worker thread when it has media to encode (new frames,
     audio), inline otherwise (text and already-encoded images cost microseconds)."""
     messages = list(chat_ctx.messages)

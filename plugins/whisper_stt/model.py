@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 import time
@@ -10,7 +9,7 @@ from pathlib import Path
 
 from faster_whisper import WhisperModel
 
-logger = logging.getLogger("plugins.whisper_stt")
+from .log import logger
 
 _lock = threading.Lock()
 _models: dict[tuple[str, str, int], WhisperModel] = {}

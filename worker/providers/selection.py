@@ -9,7 +9,7 @@ import aiohttp
 from livekit.agents import stt, tts, vad
 from livekit.plugins import deepgram
 
-from plugins.openai_llm import LLM, LLMOptions
+from plugins.openai_llm import LLM
 from plugins.silero_vad import VAD as SileroVAD
 from worker.config import Settings
 
@@ -17,6 +17,11 @@ LOCAL_MAX_OUTPUT_TOKENS = 120
 """Tiny local models ramble: keep their spoken answers short."""
 NO_KEY = "no-key"
 """Sent as the API key to servers that were given none (local servers ignore it)."""
+SERVER_TOOL_CHOICE = None
+"""``tool_choice`` is not sent: each server's own default. Sending "auto" (the plugin's default,
+as LiveKit's) changes what servers do: vLLM rejects it unless started with
+--enable-auto-tool-choice, and llama_cpp.server's chatml-function-calling only puts the tools
+into the prompt when it is sent."""
 
 
 def load_vad() -> vad.VAD:
@@ -72,15 +77,14 @@ def build_llm(settings: Settings, *, base_url: str | None = None) -> LLM:
     own server)."""
     local = base_url is not None
     return LLM(
-        LLMOptions(
-            model=settings.llm_model,
-            base_url=base_url or settings.openai_base_url or None,
-            api_key=settings.openai_api_key.reveal() or None,
-            audio_input=settings.llm_audio_input,
-            max_output_tokens=LOCAL_MAX_OUTPUT_TOKENS if local else None,
-            max_tokens_field="max_tokens" if local else "max_completion_tokens",
-            image_input=not local,  # the bundled local model (SmolLM2) has no vision
-        )
+        model=settings.llm_model,
+        base_url=base_url or settings.openai_base_url or None,
+        api_key=settings.openai_api_key.reveal() or None,
+        audio_input=settings.llm_audio_input,
+        max_output_tokens=LOCAL_MAX_OUTPUT_TOKENS if local else None,
+        max_tokens_field="max_tokens" if local else "max_completion_tokens",
+        image_input=not local,  # the bundled local model (SmolLM2) has no vision
+        tool_choice=SERVER_TOOL_CHOICE,
     )
 
 
@@ -95,11 +99,10 @@ def build_fallback_llm(settings: Settings) -> LLM | None:
     if not key and same_server:
         key = settings.openai_api_key.reveal()
     return LLM(
-        LLMOptions(
-            model=settings.llm_fallback_model or settings.llm_model,
-            base_url=settings.llm_fallback_base_url or settings.openai_base_url or None,
-            # never None: the plugin would then read OPENAI_API_KEY from the environment
-            api_key=key or NO_KEY,
-            audio_input=settings.llm_audio_input,
-        )
+        model=settings.llm_fallback_model or settings.llm_model,
+        base_url=settings.llm_fallback_base_url or settings.openai_base_url or None,
+        # never None: the plugin would then read OPENAI_API_KEY from the environment
+        api_key=key or NO_KEY,
+        audio_input=settings.llm_audio_input,
+        tool_choice=SERVER_TOOL_CHOICE,
     )

@@ -31,6 +31,8 @@ from livekit.agents.llm import (
 from livekit.agents.metrics import LLMMetrics
 
 from plugins.openai_llm import LLM, InvalidFunctionCall
+from worker.config import load_settings
+from worker.providers.selection import build_llm
 
 STARTUP_TIMEOUT = 120.0
 CONN = APIConnectOptions(max_retry=0, timeout=60.0)
@@ -109,12 +111,15 @@ def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture
 async def llm(llama_server: str):
     # llama_cpp.server knows `max_tokens` only (it ignores `max_completion_tokens`).
+    # Like worker.providers.selection: tool_choice left to the server (see
+    # test_the_worker_llm_answers_with_tools_offered).
     llm = LLM(
         model="smollm2",
         base_url=llama_server,
         temperature=0.0,
         max_output_tokens=48,
         max_tokens_field="max_tokens",
+        tool_choice=None,
     )
     yield llm
     await llm.aclose()
@@ -178,3 +183,17 @@ async def test_forced_tool_call_and_its_result(llm: LLM):
     async with llm.chat(chat_ctx=ctx, fnc_ctx=tools, conn_options=CONN) as answer:
         chunks = [c async for c in answer]
     assert chunks
+
+
+async def test_the_worker_llm_answers_with_tools_offered(llama_server: str):
+    """The LLM `talk` builds offers the tools but leaves tool_choice to the server: given
+    "auto" (the plugin's default, as livekit-plugins-openai's), this server's
+    chatml-function-calling handler ends the stream without a completion."""
+    llm = build_llm(load_settings({}, dotenv=None), base_url=llama_server)
+    ctx = ChatContext().append(role="user", text="What is the weather like in Paris?")
+    try:
+        async with llm.chat(chat_ctx=ctx, fnc_ctx=Weather(), conn_options=CONN) as stream:
+            chunks = [c async for c in stream]
+    finally:
+        await llm.aclose()
+    assert any(c.choices and c.choices[0].delta.content for c in chunks)

@@ -16,6 +16,7 @@ import itertools
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import socket
@@ -27,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import jwt
 import pytest
 import pytest_asyncio
 from aiohttp import web
@@ -108,79 +108,7 @@ async def serving(app: web.Application) -> AsyncIterator[Server]:
         await server.stop()
 
 
-# --- the token endpoint and what the server hands out ----------------------------------------
-
-
-async def post_token(session: aiohttp.ClientSession, url: str, body: Any) -> aiohttp.ClientResponse:
-    return await session.post(f"{url}/api/token", json=body)
-
-
-async def test_token_is_a_join_grant_for_one_room_and_a_random_identity() -> None:
-    async with serving(create_app(with_keys())) as server, aiohttp.ClientSession() as http:
-        first = await post_token(http, server.url, {"room": " support-42 "})
-        assert first.status == 200
-        assert first.headers["Cache-Control"] == "no-store"
-        grant = await first.json()
-        second = await (await post_token(http, server.url, {"room": "support-42"})).json()
-
-    claims = jwt.decode(grant["token"], API_SECRET, algorithms=["HS256"])
-    assert claims["iss"] == API_KEY
-    assert claims["sub"] == grant["identity"]
-    assert grant["identity"].startswith("web-")
-    assert second["identity"] != grant["identity"]
-    assert grant["room"] == "support-42"
-    assert grant["url"] == "ws://localhost:7880"
-    # join this one room, media and data in and out; no admin, create, list, record or agent
-    assert claims["video"] == {
-        "roomJoin": True,
-        "room": "support-42",
-        "canPublish": True,
-        "canSubscribe": True,
-        "canPublishData": True,
-    }
-    assert claims["exp"] - claims["nbf"] == 3600
-    with pytest.raises(jwt.InvalidSignatureError):
-        jwt.decode(grant["token"], "another-secret-of-enough-length-0123", algorithms=["HS256"])
-
-
-@pytest.mark.parametrize(
-    ("env", "missing"),
-    [
-        ({"LIVEKIT_API_KEY": API_KEY}, "LIVEKIT_API_SECRET is not set"),
-        ({}, "LIVEKIT_API_KEY and LIVEKIT_API_SECRET are not set"),
-    ],
-)
-async def test_without_the_key_pair_no_token_and_a_clear_message(
-    env: dict[str, str], missing: str
-) -> None:
-    async with serving(create_app(settings(**env))) as server, aiohttp.ClientSession() as http:
-        response = await post_token(http, server.url, {"room": "r"})
-        assert response.status == 503
-        body = await response.json()
-        config = await (await http.get(f"{server.url}/api/config")).json()
-    assert missing in body["error"]
-    assert "token" not in body
-    assert config["tokens"] is False
-
-
-@pytest.mark.parametrize(
-    ("body", "status", "message"),
-    [
-        ({"room": ""}, 400, "room: give a room name"),
-        ({"room": "   "}, 400, "room: give a room name"),
-        ({"room": 42}, 400, "room: give a room name"),
-        ({"room": "x" * 129}, 400, "room: at most 128 characters"),
-        ({"room": "a\nb"}, 400, "room: no control characters"),
-        (["room"], 400, "room: give a room name"),
-    ],
-)
-async def test_bad_token_requests_are_refused(body: Any, status: int, message: str) -> None:
-    async with serving(create_app(with_keys())) as server, aiohttp.ClientSession() as http:
-        response = await post_token(http, server.url, body)
-        assert (response.status, (await response.json())["error"]) == (status, message)
-        # a form post (what another web site could make a visitor's browser send) is refused
-        form = await http.post(f"{server.url}/api/token", data={"room": "r"})
-        assert form.status == 415
+# --- the served page (the token endpoint: tests/test_web_security.py) ---------------------
 
 
 async def test_the_page_and_its_files_never_carry_a_secret() -> None:
@@ -204,6 +132,7 @@ async def test_the_page_and_its_files_never_carry_a_secret() -> None:
         "metrics_topic": "agent.metrics",
         "tokens": True,
         "agent_name": "alice",
+        "room_prefix": "web-",
     }
 
 
@@ -795,13 +724,26 @@ async def test_unreachable_livekit_server_is_reported(page: Page) -> None:
         # keyboard only: type a room name, press Enter
         await page.eval("document.getElementById('room-name').value = ''")
         await page.eval("document.getElementById('room-name').focus()")
-        await page.call("Input.insertText", {"text": "kitchen"})
+        await page.call("Input.insertText", {"text": "web-kitchen"})
         await page.press_enter()
         error = await error_shown(page)
         assert error["title"] == f"Cannot reach the LiveKit server at {url}"
         assert "LIVEKIT_URL" in error["hint"]
         assert error["status"] == "Not connected"
         assert await page.eval("document.getElementById('connect').textContent") == "Connect"
+
+
+@browser_test
+async def test_each_visit_proposes_a_fresh_room_with_the_servers_prefix(page: Page) -> None:
+    """The server hands out tokens only for WEB_ROOM_PREFIX rooms; the page proposes a new
+    random one per visit, so two visitors never share a room by default."""
+    async with serving(create_app(with_keys(WEB_ROOM_PREFIX="kiosk_"))) as server:
+        names = []
+        for _ in range(2):
+            await page.open(server.url)
+            names.append(await page.eval("document.getElementById('room-name').value"))
+    assert names[0] != names[1]
+    assert all(re.fullmatch(r"kiosk_[0-9a-f]{12}", name) for name in names), names
 
 
 @pytest_asyncio.fixture(loop_scope="module")

@@ -7,6 +7,7 @@ wrapped in :class:`Secret`, whose ``str``/``repr`` never show the value.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import sys
@@ -114,6 +115,11 @@ class Settings:
     max_jobs: int = 25
     worker_port: int = 8081
     end_of_turn_delay_ms: int = END_OF_TURN_DELAY_MS
+    web_room_prefix: str = "web-"
+    web_allowed_hosts: tuple[str, ...] = ()  # besides the bind address and loopback names
+    web_access_token: Secret = field(default_factory=lambda: Secret(""))
+    max_tool_calls: int = 8  # per LLM response; the rest get an error result
+    allow_say: bool = False  # the `say` control message
 
     def secrets(self) -> list[str]:
         """The secret values in force (for redaction filters and tests)."""
@@ -125,6 +131,7 @@ class Settings:
                 self.deepgram_api_key,
                 self.openai_api_key,
                 self.llm_fallback_api_key,
+                self.web_access_token,
             )
             if s
         ]
@@ -174,6 +181,24 @@ def load_settings(
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]+$")
 _TOOLS_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+_ROOM_PREFIX_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_HOSTNAME_RE = re.compile(
+    r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
+)
+MIN_ACCESS_TOKEN_CHARS = 16
+
+
+def normalise_host(host: str) -> str | None:
+    """``host`` as a Host header names it (lower case, IPv6 in brackets, no port), or None if it
+    is neither a host name nor an IP address."""
+    text = host.strip().lower()
+    bare = text[1:-1] if text.startswith("[") and text.endswith("]") else text
+    try:
+        address = ipaddress.ip_address(bare)
+    except ValueError:
+        return text if _HOSTNAME_RE.match(text) else None
+    return f"[{address.compressed}]" if address.version == 6 else address.compressed
 
 
 class _Parser:
@@ -248,6 +273,45 @@ class _Parser:
             return ()
         return tuple(dict.fromkeys(items))
 
+    def _flag(self, name: str, default: bool) -> bool:
+        value = self._get(name)
+        if value is None:
+            return default
+        if value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if value.lower() in ("0", "false", "no", "off"):
+            return False
+        self._problem(name, f"must be 1 or 0 (got {value!r})")
+        return default
+
+    def _room_prefix(self, name: str, default: str) -> str:
+        value = self._get(name)
+        if value is None:
+            return default
+        if not _ROOM_PREFIX_RE.match(value):
+            self._problem(name, "must be 1-64 characters of letters, digits, '_' and '-'")
+            return default
+        return value
+
+    def _hosts(self, name: str) -> tuple[str, ...]:
+        value = self._get(name)
+        if value is None:
+            return ()
+        hosts = [normalise_host(item) for item in value.split(",")]
+        if any(h is None for h in hosts):
+            self._problem(
+                name, "must be a comma-separated list of host names or IP addresses (no ports)"
+            )
+            return ()
+        return tuple(dict.fromkeys(h for h in hosts if h is not None))
+
+    def _access_token(self, name: str) -> Secret:
+        secret = self._secret(name)
+        if secret and len(secret.reveal()) < MIN_ACCESS_TOKEN_CHARS:
+            self._problem(name, f"must be at least {MIN_ACCESS_TOKEN_CHARS} characters long")
+            return Secret("")
+        return secret
+
     def _secret(self, name: str) -> Secret:
         return Secret(self._get(name) or "")
 
@@ -318,6 +382,11 @@ class _Parser:
                 0,
                 5000,
             ),
+            web_room_prefix=self._room_prefix("WEB_ROOM_PREFIX", d.web_room_prefix),
+            web_allowed_hosts=self._hosts("WEB_ALLOWED_HOSTS"),
+            web_access_token=self._access_token("WEB_ACCESS_TOKEN"),
+            max_tool_calls=self._int("AGENT_MAX_TOOL_CALLS", d.max_tool_calls, 1, 64),
+            allow_say=self._flag("AGENT_ALLOW_SAY", d.allow_say),
         )
         self._check_fallback(settings)
         self._check_needs(settings, needs)

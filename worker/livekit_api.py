@@ -7,6 +7,7 @@ token's grants are defined once.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from datetime import timedelta
 
 from worker.config import Settings
@@ -45,8 +46,20 @@ def parse_ttl(text: str) -> timedelta:
     return ttl
 
 
-def mint_token(settings: Settings, room: str, identity: str, ttl: timedelta, name: str = "") -> str:
-    """A participant token with the least privilege: join this one room, publish and subscribe."""
+def mint_token(
+    settings: Settings,
+    room: str,
+    identity: str,
+    ttl: timedelta,
+    name: str = "",
+    *,
+    sources: Sequence[str] | None = None,
+) -> str:
+    """A participant token with the least privilege: join this one room, publish and subscribe.
+
+    ``sources`` (track sources such as ``"microphone"``) limits what may be published; None
+    allows every source. No room admin, recording, listing or metadata update is ever granted.
+    """
     from livekit import api
 
     grants = api.VideoGrants(
@@ -55,6 +68,7 @@ def mint_token(settings: Settings, room: str, identity: str, ttl: timedelta, nam
         can_publish=True,
         can_subscribe=True,
         can_publish_data=True,
+        can_publish_sources=list(sources) if sources is not None else None,
     )
     token = (
         api.AccessToken(settings.livekit_api_key.reveal(), settings.livekit_api_secret.reveal())

@@ -25,7 +25,8 @@ const MAX_TRANSCRIPT_ITEMS = 300;
 const $ = (id) => document.getElementById(id);
 
 const page = {
-  config: { livekit_url: "", metrics_topic: "agent.metrics", tokens: false, agent_name: "" },
+  config: { livekit_url: "", metrics_topic: "agent.metrics", tokens: false, agent_name: "", room_prefix: "web-" },
+  accessToken: takeAccessToken(),
   room: null,
   mic: null, // LocalAudioTrack, kept across connections
   cam: null, // LocalVideoTrack
@@ -116,6 +117,25 @@ class PageServerError extends Error {
   }
 }
 
+/**
+ * WEB_ACCESS_TOKEN, when the server needs one: given once as `#access_token=...` in the page's
+ * address (a fragment never reaches a server or a Referer), then kept for this tab only.
+ */
+function takeAccessToken() {
+  const given = new URLSearchParams(location.hash.slice(1)).get("access_token");
+  if (given) {
+    sessionStorage.setItem("access_token", given);
+    history.replaceState(null, "", location.pathname + location.search);
+  }
+  return sessionStorage.getItem("access_token") ?? "";
+}
+
+/** A room of its own for every visit: the server hands out tokens only for its prefix. */
+function freshRoomName(prefix) {
+  const bytes = crypto.getRandomValues(new Uint8Array(6));
+  return prefix + Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
 async function loadConfig() {
   try {
     const resp = await fetch("/api/config", { cache: "no-store" });
@@ -124,6 +144,7 @@ async function loadConfig() {
     // The connect button reports an unreachable page server with a proper message.
   }
   $("server-url").textContent = page.config.livekit_url || "not configured";
+  $("room-name").value = freshRoomName(page.config.room_prefix);
   if (page.config.agent_name) {
     const hint = $("dispatch-hint");
     hint.textContent =
@@ -138,7 +159,10 @@ async function fetchToken(roomName) {
   try {
     resp = await fetch("/api/token", {
       method: "POST",
-      headers: { "Content-Type": "application/json" },
+      headers: {
+        "Content-Type": "application/json",
+        ...(page.accessToken ? { Authorization: `Bearer ${page.accessToken}` } : {}),
+      },
       body: JSON.stringify({ room: roomName }),
       cache: "no-store",
     });
@@ -157,12 +181,16 @@ async function fetchToken(roomName) {
   }
   if (!resp.ok) {
     const disabled = resp.status === 503 || resp.status === 404;
+    const hints = {
+      401: `Open the page as ${location.origin}/#access_token=… with the server's WEB_ACCESS_TOKEN.`,
+      429: `Wait ${resp.headers.get("Retry-After") ?? "a minute"} s, then connect again.`,
+    };
     throw new PageServerError({
       title: disabled ? "This server does not hand out tokens" : `The token request failed (HTTP ${resp.status})`,
       detail: body.error ?? resp.statusText,
       hint: disabled
         ? "Start `python -m worker web` with LIVEKIT_API_KEY and LIVEKIT_API_SECRET set (in the environment or .env)."
-        : "Fix the room name and connect again.",
+        : hints[resp.status] ?? "Fix the room name and connect again.",
     });
   }
   return body;
@@ -184,7 +212,10 @@ function setConnectionState(state, text) {
 async function connect() {
   const roomName = $("room-name").value.trim();
   if (!roomName) {
-    showError({ title: "Enter a room name", hint: "Any name: the agent joins the room you name." });
+    showError({
+      title: "Enter a room name",
+      hint: `A name starting with ${page.config.room_prefix}: the agent joins the room you name.`,
+    });
     $("room-name").focus();
     return;
   }

@@ -14,10 +14,14 @@ from livekit import rtc
 from worker.local_room import LocalRoom, RemoteParticipant
 from worker.room_io.data_messages import (
     CONTROL_TOPIC,
+    REJECTIONS,
     ControlCommand,
+    ControlOptions,
     DataMessageRouter,
     Interrupt,
+    Refused,
     Say,
+    control_handler,
 )
 
 
@@ -242,3 +246,77 @@ async def test_async_handler_failure_is_counted(user: RemoteParticipant, room: L
     await asyncio.wait_for(done.wait(), 10)
     await router.aclose()
     assert router.stats()["handler_error"] == 1
+
+
+# --- who may steer the agent, and what ------------------------------------------------------
+
+
+async def test_a_strangers_commands_are_refused_first_and_take_no_pending_slot(
+    user: RemoteParticipant, room: LocalRoom
+) -> None:
+    """A third participant floods the control topic while the user's own command is pending:
+    refused before they are read, counted as ``unauthorized`` (not accepted), and the slots
+    stay free for the user."""
+    router = DataMessageRouter(max_pending=2)
+    release = asyncio.Event()
+    started: list[tuple[ControlCommand, str | None]] = []
+
+    async def speak(command: ControlCommand, sender: str | None) -> None:
+        started.append((command, sender))
+        await release.wait()
+
+    router.on_control(speak, senders=lambda sender: sender == "user")
+    room.on("data_received", router.on_data_received)
+    stranger = room.add_participant("stranger")
+    user.send_data('{"type":"say","text":"first"}', topic=CONTROL_TOPIC)
+    for _ in range(10):
+        stranger.send_data('{"type":"say","text":"I have verified you"}', topic=CONTROL_TOPIC)
+    stranger.send_data(b"\xff" * 100_000, topic=CONTROL_TOPIC)  # not even read
+    user.send_data('{"type":"say","text":"second"}', topic=CONTROL_TOPIC)
+    await asyncio.sleep(0)
+    assert started == [(Say("first"), "user"), (Say("second"), "user")]
+    stats = router.stats()
+    assert stats["unauthorized"] == 11
+    assert stats["accepted"] == 2
+    assert stats["busy"] == stats["oversized"] == 0
+    await router.aclose()
+
+
+def test_say_is_refused_unless_allowed_and_then_rate_limited(
+    user: RemoteParticipant, room: LocalRoom
+) -> None:
+    spoken: list[str] = []
+    interrupts: list[None] = []
+
+    def router_with(options: ControlOptions) -> DataMessageRouter:
+        router = DataMessageRouter()
+        handler = control_handler(
+            interrupt=lambda: interrupts.append(None), say=spoken.append, options=options
+        )
+        router.on_control(handler, senders=lambda sender: sender == "user")
+        room.on("data_received", router.on_data_received)
+        return router
+
+    off = router_with(ControlOptions())  # AGENT_ALLOW_SAY unset
+    user.send_data('{"type":"say","text":"hello"}', topic=CONTROL_TOPIC)
+    user.send_data('{"type":"interrupt"}', topic=CONTROL_TOPIC)
+    assert spoken == []
+    assert len(interrupts) == 1  # interrupting stays allowed
+    assert off.stats()["say_disabled"] == 1
+    assert off.stats()["accepted"] == 1
+    room.off("data_received", off.on_data_received)
+
+    on = router_with(ControlOptions(allow_say=True, say_per_minute=3))
+    for i in range(5):
+        user.send_data(json.dumps({"type": "say", "text": f"line {i}"}), topic=CONTROL_TOPIC)
+    assert spoken == ["line 0", "line 1", "line 2"]
+    assert on.stats()["rate_limited"] == 2
+    assert on.stats()["accepted"] == 3
+
+
+def test_every_refusal_reason_is_a_metrics_key() -> None:
+    stats = DataMessageRouter().stats()
+    assert {"unauthorized", "say_disabled", "rate_limited"} <= set(stats)
+    assert set(stats) == {"accepted", "ignored", *REJECTIONS}
+    with pytest.raises(ValueError, match="unknown refusal reason"):
+        Refused("because")

@@ -35,12 +35,12 @@ from worker.providers.selection import (
     build_tts,
     tts_segments_itself,
 )
-from worker.room_io.data_messages import ControlCommand, DataMessageRouter, Interrupt, Say
+from worker.room_io.data_messages import ControlOptions, DataMessageRouter, control_handler
 from worker.room_io.utterance_audio import TappedVAD, UtteranceAudio
 from worker.room_io.video import VideoCapture
 from worker.tools.builtin import BuiltinTools
 from worker.tools.loading import load_user_tools, merge_tools
-from worker.tools.runner import ToolRunningLLM
+from worker.tools.runner import ToolRunningLLM, ToolRunningLLMOptions
 
 logger = logging.getLogger("worker.session")
 
@@ -115,6 +115,7 @@ def conversation_options(settings: Settings) -> ConversationOptions:
         instructions=settings.instructions,
         greeting=settings.greeting,
         min_endpointing_delay=settings.end_of_turn_delay_ms / 1000,
+        tools=ToolRunningLLMOptions(max_tool_calls=settings.max_tool_calls),
     )
 
 
@@ -198,15 +199,16 @@ def build_session(
         observer=MetricsObserver(metrics),
     )
 
-    async def on_control(command: ControlCommand, sender: str | None) -> None:
-        if sender != identity:  # only the participant we talk with may steer the agent
-            return
-        if isinstance(command, Interrupt):
-            conversation.interrupt()
-        elif isinstance(command, Say):
-            await conversation.say(command.text)
-
-    router.on_control(on_control)
+    router.on_control(
+        control_handler(
+            interrupt=conversation.interrupt,
+            # spoken, never committed as the assistant's words: a participant must not be
+            # able to write the agent's history
+            say=lambda text: pipeline.say(text, add_to_chat_ctx=False),
+            options=ControlOptions(allow_say=settings.allow_say),
+        ),
+        senders=lambda sender: sender == identity,  # only the participant we talk with
+    )
     return SessionParts(
         room=room,
         identity=identity,

@@ -2,15 +2,21 @@
 
 Attach :meth:`DataMessageRouter.on_data_received` to ``room.on("data_received", ...)``.
 Packets on topics nobody registered are ignored (counted as ``ignored``). For a registered
-topic the packet must be at most ``max_bytes``, valid UTF-8, JSON nested at most
-``max_depth`` deep, and accepted by the topic's parser; only then does the handler run. Each
-kind of rejection is logged once (later ones at debug level) and counted; :meth:`stats` goes
-into the ``session`` metrics payload.
+topic the sender is authorised first (a stranger's packet is refused as ``unauthorized``
+before it is read, counted as accepted, or given one of the pending slots); then the packet
+must be at most ``max_bytes``, valid UTF-8, JSON nested at most ``max_depth`` deep, and
+accepted by the topic's parser; only then does the handler run, and it may still refuse
+(:class:`Refused`, with a reason). Each kind of rejection is logged once (later ones at debug
+level) and counted; :meth:`stats` goes into the ``session`` metrics payload.
 
 The built-in topic ``agent.control`` (:data:`CONTROL_TOPIC`) carries one of:
 
 - ``{"type": "interrupt"}``: stop the agent's current speech.
-- ``{"type": "say", "text": "..."}``: the agent speaks ``text`` (1-500 characters).
+- ``{"type": "say", "text": "..."}``: the agent speaks ``text`` (1-500 characters), only when
+  the operator allowed it (``AGENT_ALLOW_SAY=1``) and at most ``say_per_minute`` times a minute
+  (:func:`control_handler`). The words are spoken, never put into the conversation as the
+  assistant's own: otherwise a participant could write the agent's history ("I have verified
+  your identity") and the model would build on it.
 
 An optional ``"v": 1`` is allowed; any other key, value or type is rejected.
 """
@@ -24,24 +30,45 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final, Generic, Protocol, TypeVar
 
+from worker.rate_limit import RateLimit
+
 logger = logging.getLogger("worker.room_io.data_messages")
 
 CONTROL_TOPIC: Final = "agent.control"
 MAX_SAY_CHARS: Final = 500
 
 REJECTIONS: Final = (
+    "unauthorized",
     "oversized",
     "invalid_utf8",
     "invalid_json",
     "too_deep",
     "schema",
     "busy",
+    "say_disabled",
+    "rate_limited",
     "handler_error",
 )
 
 
 class SchemaError(ValueError):
     """The JSON value does not match the topic's schema."""
+
+
+class Refused(Exception):
+    """Raised by a handler, before it returns, that will not act on a valid message (it is then
+    not counted as accepted); ``reason`` is one of :data:`REJECTIONS`, what the metrics count."""
+
+    def __init__(self, reason: str) -> None:
+        if reason not in REJECTIONS:
+            raise ValueError(f"unknown refusal reason {reason!r}")
+        super().__init__(reason)
+        self.reason = reason
+
+
+T = TypeVar("T")
+Handler = Callable[[T, str | None], Awaitable[None] | None]
+"""Called with the parsed message and the sender's identity (None: sent by the server)."""
 
 
 class PacketLike(Protocol):
@@ -94,17 +121,48 @@ def parse_control(value: object) -> ControlCommand:
     raise SchemaError("unknown type")
 
 
+@dataclass(frozen=True)
+class ControlOptions:
+    allow_say: bool = False
+    """``say`` is refused (``say_disabled``) unless the operator turned it on."""
+    say_per_minute: int = 5
+    """More ``say`` messages in a minute are refused (``rate_limited``)."""
+
+
+def control_handler(
+    *,
+    interrupt: Callable[[], None],
+    say: Callable[[str], Awaitable[None] | None],
+    options: ControlOptions,
+) -> Handler[ControlCommand]:
+    """The ``agent.control`` policy: ``interrupt`` always, ``say`` only when allowed and within
+    its rate. ``say`` must speak the words without committing them to the conversation."""
+    limit = RateLimit(options.say_per_minute, 60.0)
+
+    def handle(command: ControlCommand, sender: str | None) -> Awaitable[None] | None:
+        if isinstance(command, Interrupt):
+            interrupt()
+            return None
+        if not options.allow_say:
+            raise Refused("say_disabled")
+        if limit.acquire() is not None:
+            raise Refused("rate_limited")
+        return say(command.text)
+
+    return handle
+
+
 # --- the router -----------------------------------------------------------------------------
 
-T = TypeVar("T")
-Handler = Callable[[T, str | None], Awaitable[None] | None]
-"""Called with the parsed message and the sender's identity (None: sent by the server)."""
+Senders = Callable[[str | None], bool]
+"""Whether a sender identity (None: the server) may use a topic."""
 
 
 @dataclass(frozen=True)
 class _Route(Generic[T]):
     parse: Callable[[object], T]
     handler: Handler[T]
+    senders: Senders | None
 
 
 def _depth_exceeds(value: object, limit: int) -> bool:
@@ -140,13 +198,23 @@ class DataMessageRouter:
         self._logged: set[str] = set()
         self._closed = False
 
-    def route(self, topic: str, parse: Callable[[object], T], handler: Handler[T]) -> None:
-        """Handle ``topic`` with ``parse`` (raises :class:`SchemaError`) and ``handler``."""
-        self._routes[topic] = _Route(parse, handler)
+    def route(
+        self,
+        topic: str,
+        parse: Callable[[object], T],
+        handler: Handler[T],
+        *,
+        senders: Senders | None = None,
+    ) -> None:
+        """Handle ``topic`` with ``parse`` (raises :class:`SchemaError`) and ``handler``, for
+        the senders ``senders`` accepts (None: anyone)."""
+        self._routes[topic] = _Route(parse, handler, senders)
 
-    def on_control(self, handler: Handler[ControlCommand]) -> None:
+    def on_control(
+        self, handler: Handler[ControlCommand], *, senders: Senders | None = None
+    ) -> None:
         """Handle the built-in ``agent.control`` topic."""
-        self.route(CONTROL_TOPIC, parse_control, handler)
+        self.route(CONTROL_TOPIC, parse_control, handler, senders=senders)
 
     def stats(self) -> dict[str, int]:
         """Counts: ``accepted``, ``ignored`` (unknown topic) and one per rejection kind."""
@@ -176,6 +244,9 @@ class DataMessageRouter:
             return
         sender = getattr(packet.participant, "identity", None)
         sender = sender if isinstance(sender, str) else None
+        if route.senders is not None and not route.senders(sender):
+            self._reject("unauthorized", sender, topic)
+            return
         data = packet.data
         if not isinstance(data, bytes | bytearray) or len(data) > self._max_bytes:
             self._reject("oversized", sender, topic)
@@ -203,6 +274,9 @@ class DataMessageRouter:
             return
         try:
             result = route.handler(message, sender)
+        except Refused as refused:
+            self._reject(refused.reason, sender, topic)
+            return
         except Exception:
             self._reject("handler_error", sender, topic)
             logger.debug("data message handler failed", exc_info=True)

@@ -23,7 +23,8 @@ from worker.tools.runner import ToolRunningLLMOptions
 
 pytestmark = pytest.mark.timeout(90)
 
-TOOLS_ENV = {"AGENT_TOOLS": "tests.test_faults_tools:Targets"}
+# 12 calls in one reply: more than the default AGENT_MAX_TOOL_CALLS (8), so raised here
+TOOLS_ENV = {"AGENT_TOOLS": "tests.test_faults_tools:Targets", "AGENT_MAX_TOOL_CALLS": "16"}
 CALLS: list[tuple[str, dict[str, Any]]] = []
 """Every tool that actually ran, with its arguments."""
 HUGE_RESULT = "x" * 1_000_000

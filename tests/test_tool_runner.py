@@ -291,7 +291,7 @@ async def test_timeout_exception_and_huge_result_become_tool_results_and_the_ans
     results = {m["tool_call_id"]: m["content"] for m in server.requests[1].body["messages"][3:]}
     assert results == {
         "call_slow": "error: slow did not answer within 0.2 s",
-        "call_broken": "error: broken failed: database is down",
+        "call_broken": "error: tool broken failed (RuntimeError)",
         "call_huge": "x" * 100 + "... [cut: 9900 more characters]",
         "call_ok": "value of a",
     }
@@ -576,3 +576,117 @@ async def test_llm_failing_after_some_text_does_not_repeat_or_apologise() -> Non
     assert "Sorry" not in text
     assert len(server.requests) == 1  # not retried once words were out
     assert stream.error is not None
+
+
+# --- bounds on what one reply can start (docs/security.md) ------------------------------------
+
+
+def overlap(stamps: list[Stamp]) -> int:
+    """The most tools that ran at the same moment."""
+    events = sorted(
+        [(s.start, 1) for s in stamps] + [(s.end or s.cancelled_at or 0.0, -1) for s in stamps],
+        key=lambda e: (e[0], e[1]),  # an end before a start at the same instant
+    )
+    running = most = 0
+    for _, step in events:
+        running += step
+        most = max(most, running)
+    return most
+
+
+async def test_a_reply_with_50_tool_calls_runs_8_and_tells_the_model_about_the_rest(
+    server: OpenAIServer,
+) -> None:
+    server.responder = scripted(
+        Reply(tool_calls=[call("lookup", f"call_{i}", key=f"k{i}") for i in range(50)]),
+        Reply(tool_calls=[call("lookup", "call_more", key="more")]),  # a second round: over too
+        Reply(text="Done."),
+    )
+    runner = make_runner(server)  # max_tool_calls: 8 by default
+    tools = Tools(sleep=0.01)
+    stream = start_chat(runner, tools)
+    assert joined(await consume(stream)) == "Done."
+    await runner.aclose()
+
+    assert sorted(tools.stamps) == sorted(f"k{i}" for i in range(8))
+    second = {m["tool_call_id"]: m["content"] for m in server.requests[1].body["messages"][3:]}
+    assert len(second) == 50  # every call gets its result, as the API requires
+    for i in range(50):
+        if i < 8:
+            assert second[f"call_{i}"] == f"value of k{i}"
+        else:
+            assert second[f"call_{i}"] == (
+                "error: lookup was not run: at most 8 tool calls per reply. "
+                "Call fewer tools at once."
+            )
+    third = server.requests[2].body["messages"]
+    assert third[-1]["tool_call_id"] == "call_more"
+    assert "was not run: at most 8 tool calls per reply" in third[-1]["content"]
+
+
+async def test_concurrent_tools_are_capped_per_session(server: OpenAIServer) -> None:
+    server.responder = lambda body: (
+        Reply(text="Done.")
+        if body["messages"][-1]["role"] == "tool"
+        else Reply(
+            tool_calls=[
+                call("lookup", f"{body['messages'][-1]['content']}{i}", key=f"{i}")
+                for i in range(3)
+            ]
+        )
+    )
+    runner = make_runner(server, max_concurrent_tools=2)
+    tools_a, tools_b = Tools(sleep=0.3), Tools(sleep=0.3)
+
+    def chat(tools: Tools, name: str) -> ToolRoundsStream:
+        ctx = ChatContext().append(role="user", text=name)
+        return runner.chat(chat_ctx=ctx, fnc_ctx=tools, conn_options=CONN)
+
+    # two replies of the same session at once (a new turn while the last one's tools run)
+    answers = await asyncio.gather(consume(chat(tools_a, "a")), consume(chat(tools_b, "b")))
+    await runner.aclose()
+
+    assert [joined(a) for a in answers] == ["Done.", "Done."]
+    stamps = [*tools_a.stamps.values(), *tools_b.stamps.values()]
+    assert len(stamps) == 6
+    assert all(s.end is not None for s in stamps)  # waited for a slot, none timed out
+    assert overlap(stamps) == 2
+
+
+class Endless(FunctionContext):
+    def __init__(self) -> None:
+        self.stamp: Stamp | None = None
+        super().__init__()
+
+    @ai_callable()
+    @tool_options(run_to_end=True, timeout=0.1, limit=0.5)
+    async def commit(self) -> str:
+        """Must not be half done; never answers."""
+        self.stamp = Stamp(time.perf_counter())
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            self.stamp.cancelled = True
+            self.stamp.cancelled_at = time.perf_counter()
+            raise
+        return "done"
+
+
+async def test_a_run_to_end_tool_still_stops_at_its_upper_bound(
+    server: OpenAIServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    server.responder = scripted(Reply(tool_calls=[call("commit", "call_c")]), Reply(text="Ok."))
+    runner = make_runner(server)
+    tools = Endless()
+    assert joined(await consume(start_chat(runner, tools))) == "Ok."
+    # the model got its answer at the timeout; the tool went on, owned by the runner...
+    assert tools.stamp is not None
+    results = server.requests[1].body["messages"][3:]
+    assert results[0]["content"] == "error: commit did not answer within 0.1 s"
+    async with asyncio.timeout(20):  # the limit is 0.5 s; without one this waits an hour
+        await runner.aclose()
+    # ...until its limit, not its timeout, cancelled it
+    assert tools.stamp.cancelled
+    assert tools.stamp.cancelled_at is not None
+    assert tools.stamp.cancelled_at - tools.stamp.start >= 0.5
+    assert "run-to-end tool stopped at its time limit" in caplog.text

@@ -10,6 +10,13 @@ sequential path never runs.
 Barge-in: the pipeline closes the stream; running tools are cancelled, except those marked
 ``run_to_end`` (see :func:`tool_options`), which finish in the background, owned by the LLM.
 
+The model's output is not trusted (prompt injection), so the runner bounds what one reply can
+start: at most ``max_tool_calls`` calls per reply (the rest get an error result saying so), at
+most ``max_concurrent_tools`` running at once in the session (the others wait for a slot,
+their timeout already counting), every tool stopped at a time bound (run-to-end ones at
+``run_to_end_limit``), and a failing tool's message is logged, never shown to the model: it
+gets "tool NAME failed (ErrorClass)", so it cannot read out what the exception carried.
+
 The tool-call and tool-result messages of a reply are kept on the stream (``tool_messages``)
 so the conversation can persist them in its context next to the reply they belong to.
 """
@@ -42,15 +49,22 @@ class ToolOptions:
     """Seconds from the call's start before the model gets an error result instead (None: the
     runner's default). The call is then cancelled, unless it is ``run_to_end``."""
     run_to_end: bool = False
-    """Never cancelled, neither by a barge-in nor by its timeout (e.g. a booking that must not
-    be half done): it finishes in the background and ``ToolRunningLLM.aclose()`` awaits it."""
+    """Not cancelled by a barge-in nor by its timeout (e.g. a booking that must not be half
+    done): it finishes in the background and ``ToolRunningLLM.aclose()`` awaits it, up to
+    ``limit``."""
+    limit: float | None = None
+    """Seconds from the call's start after which a run-to-end tool is cancelled all the same
+    (None: the runner's ``run_to_end_limit``), so no tool runs without an upper bound."""
 
 
-def tool_options(*, timeout: float | None = None, run_to_end: bool = False) -> Callable[[F], F]:
+def tool_options(
+    *, timeout: float | None = None, run_to_end: bool = False, limit: float | None = None
+) -> Callable[[F], F]:
     """Per-tool options, stacked with ``@llm.ai_callable()`` on a FunctionContext method."""
 
     def deco(f: F) -> F:
-        setattr(f, TOOL_OPTIONS_ATTR, ToolOptions(timeout=timeout, run_to_end=run_to_end))
+        options = ToolOptions(timeout=timeout, run_to_end=run_to_end, limit=limit)
+        setattr(f, TOOL_OPTIONS_ATTR, options)
         return f
 
     return deco
@@ -77,13 +91,19 @@ class ToolRunningLLMOptions:
     """Timeout and retries of each LLM request (None: what the caller passes, the framework's
     default of 10 s and 3 retries). ``timeout`` also bounds a stream that stalls: the gap
     allowed between two chunks. Retries happen only before the first chunk."""
+    max_tool_calls: int = 8
+    """Tool calls run per reply (over all its rounds); later ones get an error result."""
+    max_concurrent_tools: int = 8
+    """Tools running at once in the session (background run-to-end ones included)."""
+    run_to_end_limit: float = 60.0
+    """Upper bound in seconds for run-to-end tools without a ``limit`` of their own."""
 
 
 @dataclass
 class _RunningCall:
     info: llm.FunctionCallInfo
-    task: asyncio.Task[Any]
-    """The tool itself."""
+    task: asyncio.Task[Any] | None
+    """The tool itself (None: not run, over the reply's ``max_tool_calls``)."""
     options: ToolOptions
     started: float
     outcome: asyncio.Task[tuple[Any, Exception | None]] | None = None
@@ -114,6 +134,8 @@ class ToolRunningLLM(Wrapper[llm.LLM], llm.LLM):
         self._opts = options or ToolRunningLLMOptions()
         self._background: set[asyncio.Task[Any]] = set()
         self._streams: weakref.WeakSet[ToolRoundsStream] = weakref.WeakSet()
+        self.tool_slots = asyncio.Semaphore(self._opts.max_concurrent_tools)
+        """Held by each running tool: the session's cap on concurrent tool calls."""
 
     @property
     def options(self) -> ToolRunningLLMOptions:
@@ -181,6 +203,7 @@ class ToolRoundsStream(llm.LLMStream):
         self._inner_conn_options = runner.options.llm_conn_options or conn_options
         self._request = request
         self._running: list[_RunningCall] = []
+        self._calls = 0  # tool calls the model asked for in this reply
         self._last_char = ""  # of the text sent so far, to join the rounds' texts
         self.tool_messages: list[llm.ChatMessage] = []
         """Assistant tool-call messages and tool results of this reply, in order."""
@@ -272,7 +295,11 @@ class ToolRoundsStream(llm.LLMStream):
                     )
                     delta_calls = []
                 for info in delta_calls:
-                    calls.append(self._start(info))
+                    self._calls += 1
+                    if self._calls > self._runner.options.max_tool_calls:
+                        calls.append(self._refuse(info))
+                    else:
+                        calls.append(self._start(info))
                 content = "".join(ch.delta.content or "" for ch in chunk.choices)
                 if content:
                     text.append(content)
@@ -298,19 +325,50 @@ class ToolRoundsStream(llm.LLMStream):
         )
 
     def _start(self, info: llm.FunctionCallInfo) -> _RunningCall:
-        logger.debug(
-            "starting tool", extra={"tool": info.function_info.name, "call_id": info.tool_call_id}
-        )
+        name = info.function_info.name
+        logger.debug("starting tool", extra={"tool": name, "call_id": info.tool_call_id})
+        options = _options_of(info)
         running = _RunningCall(
             info=info,
-            task=info.execute().task,
-            options=_options_of(info),
+            task=asyncio.create_task(self._execute(info, options), name=f"tool:{name}"),
+            options=options,
             started=time.perf_counter(),
         )
         running.outcome = asyncio.create_task(
             self._outcome(running), name=f"tool_outcome:{info.function_info.name}"
         )
         self._running.append(running)
+        return running
+
+    async def _execute(self, info: llm.FunctionCallInfo, options: ToolOptions) -> Any:
+        """The tool, once it holds one of the session's slots; a run-to-end tool is stopped at
+        its limit (never before its timeout), counted from the call's start."""
+        opts = self._runner.options
+        timeout = options.timeout or opts.default_timeout
+        limit = max(options.limit or opts.run_to_end_limit, timeout) if options.run_to_end else None
+        try:
+            async with asyncio.timeout(limit) as bound:
+                async with self._runner.tool_slots:
+                    return await info.execute().task
+        except TimeoutError:
+            if bound.expired():
+                logger.warning(
+                    "run-to-end tool stopped at its time limit",
+                    extra={"tool": info.function_info.name, "limit": limit},
+                )
+            raise
+
+    def _refuse(self, info: llm.FunctionCallInfo) -> _RunningCall:
+        """A call past the reply's ``max_tool_calls``: not run, the model is told why."""
+        limit = self._runner.options.max_tool_calls
+        if self._calls == limit + 1:
+            logger.warning("too many tool calls in one reply", extra={"max_tool_calls": limit})
+        error = RuntimeError(
+            f"error: {info.function_info.name} was not run: at most {limit} tool calls per "
+            "reply. Call fewer tools at once."
+        )
+        running = _RunningCall(info=info, task=None, options=ToolOptions(), started=0.0)
+        running.outcome = asyncio.create_task(_refused(error), name="tool_refused")
         return running
 
     async def _finish_round(
@@ -344,6 +402,7 @@ class ToolRoundsStream(llm.LLMStream):
         a tool is stopped at its timeout even while the model is still streaming."""
         timeout = call.options.timeout or self._runner.options.default_timeout
         name = call.info.function_info.name
+        assert call.task is not None
         try:
             return await asyncio.wait_for(asyncio.shield(call.task), timeout), None
         except TimeoutError:
@@ -360,8 +419,10 @@ class ToolRoundsStream(llm.LLMStream):
             logger.warning("tool cancelled itself", extra={"tool": name})
             return None, RuntimeError(f"error: {name} was cancelled")
         except Exception as e:
-            logger.warning("tool failed", extra={"tool": name, "error": repr(e)})
-            return None, RuntimeError(f"error: {name} failed: {e}")
+            # The message may carry anything (a connection string, a key, personal data): it
+            # goes to the log (redacted), the model gets only the class.
+            logger.warning("tool failed", exc_info=e, extra={"tool": name})
+            return None, RuntimeError(f"error: tool {name} failed ({type(e).__name__})")
 
     async def _stop_tools(self) -> None:
         running, self._running = self._running, []
@@ -369,7 +430,7 @@ class ToolRoundsStream(llm.LLMStream):
         for call in running:
             if call.outcome is not None and not call.outcome.done():
                 stopped.append(call.outcome)  # shields the tool: cancelling it stops no tool
-            if call.task.done():
+            if call.task is None or call.task.done():
                 continue
             if call.options.run_to_end:
                 self._runner.keep_running(call.task)
@@ -384,3 +445,7 @@ class ToolRoundsStream(llm.LLMStream):
         # task ever ran stops them here.
         await super().aclose()
         await self._stop_tools()
+
+
+async def _refused(error: Exception) -> tuple[Any, Exception | None]:
+    return None, error

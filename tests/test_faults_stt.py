@@ -11,10 +11,12 @@ agent keeps hearing, answers the next turn, reports the failures in the metrics,
 from __future__ import annotations
 
 import asyncio
+import gc
 from typing import Any
 
 import aiohttp
 import numpy as np
+import pytest
 from livekit import rtc
 from livekit.agents import stt
 from livekit.plugins import deepgram
@@ -165,3 +167,27 @@ async def test_the_audio_kept_during_an_outage_is_bounded() -> None:
         await wrapper.aclose()
     received = server.listen_connections[0].audio_seconds
     assert 0.9 <= received <= 1.1, received
+
+
+async def test_a_clean_session_ends_its_stt_stream_cleanly_and_reports_all_its_audio(
+    make_session: SessionFactory, loop_errors: list[dict[str, Any]]
+) -> None:
+    """No fault at all: closing the session ends the Deepgram stream the way the plugin
+    expects, so the event loop reports nothing (not even the plugin's unretrieved gather that
+    conftest otherwise tolerates), and the usage adds up to all the audio the server got,
+    including the last partial 5 s window the plugin never reports itself."""
+    h = await make_session(answer)
+    await h.utter("good morning")
+    assert (await h.wait_for_replies(1)).args[0].content == "You said good morning."
+    await h.aclose()
+    gc.collect()  # an unretrieved exception is reported when its future is collected
+    assert [context.get("message") for context in loop_errors] == []
+
+    messages = [d.json() for d in h.room.outbox.data_on("agent.metrics")]
+    sessions = [m for m in messages if m["type"] == "session"]
+    assert len(sessions) == 1
+    received = h.dg.received_audio_seconds
+    assert received > 1.0
+    assert sessions[0]["stt_audio_duration"] == pytest.approx(received, abs=0.06)
+    reported = sum(m["audio_duration"] for m in messages if m["type"] == "stt" and not m["error"])
+    assert reported == pytest.approx(sessions[0]["stt_audio_duration"], abs=0.01)

@@ -14,6 +14,15 @@ provider) and the audio that arrived during the outage, at most ``max_buffer_sec
 (the newest), so an utterance spoken across a short outage is still recognised. Each failure is also
 emitted as an ``STTMetrics`` whose ``error`` is a :class:`~worker.providers.errors.ProviderError`.
 
+Closing ends the inner stream the way the plugins expect: its input ends (Deepgram then sends the
+audio it still holds, ``CloseStream``, and gets the last transcripts), and it is read to its end
+before anything is cancelled. Cancelling a Deepgram 0.7.4 stream mid-connection leaves its task
+``gather`` with an exception nobody retrieves (printed as "_GatheringFuture exception was never
+retrieved" at every session end); its stream only ends by itself at its next keepalive tick (every
+5 s), which ``close_timeout`` covers. Usage the inner stream never reported (Deepgram reports audio
+in 5 s windows and drops the last partial one) is reported when it ends, so the ``stt`` metrics add
+up to all the audio given to the provider.
+
 The stream implements the framework's plugin contract (``_run`` reading ``_input_ch`` and
 writing ``_event_ch``, as every 0.12 STT plugin does); nothing else of the framework is reached.
 """
@@ -30,6 +39,7 @@ from dataclasses import dataclass
 
 from livekit import rtc
 from livekit.agents import stt, utils
+from livekit.agents.metrics import STTMetrics
 from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, APIConnectOptions
 from livekit.agents.utils import AudioBuffer
 
@@ -50,6 +60,9 @@ class ReconnectingSTTOptions:
     max_buffer_seconds: float = 10.0
     """Audio kept for the next stream (the newest); older audio is dropped. Above
     ``max_delay``, so one backoff never drops what was said just before it."""
+    close_timeout: float = 6.0
+    """How long ``aclose`` lets the inner stream finish by itself before cancelling it (above
+    the Deepgram plugin's 5 s keepalive interval, after which its stream ends)."""
 
 
 class ReconnectingSTT(Wrapper[stt.STT], stt.STT):
@@ -108,6 +121,21 @@ class ReconnectingStream(stt.RecognizeStream):
         """Input given to the current inner stream since its last final transcript."""
         self.failures = 0
         """Inner streams of this stream that failed."""
+        self._given = 0.0
+        """Seconds of audio given to the current inner stream."""
+        self._reported = 0.0
+        """Seconds of audio the current inner stream reported as used."""
+        self._finished = asyncio.Event()
+
+    async def aclose(self) -> None:
+        """End the input, let the inner stream finish (module docstring), then close."""
+        self._input_ch.close()
+        try:
+            async with asyncio.timeout(self._owner.options.close_timeout):
+                await self._finished.wait()
+        except TimeoutError:
+            logger.debug("STT stream did not end by itself; cancelling it")
+        await super().aclose()
 
     async def _metrics_monitor_task(self, event_aiter: AsyncIterable[stt.SpeechEvent]) -> None:
         # The inner streams report their own metrics (forwarded by ReconnectingSTT); drain this
@@ -116,6 +144,12 @@ class ReconnectingStream(stt.RecognizeStream):
             pass
 
     async def _run(self) -> None:
+        try:
+            await self._run_streams()
+        finally:
+            self._finished.set()
+
+    async def _run_streams(self) -> None:
         opts = self._owner.options
         delay = opts.first_delay
         while True:
@@ -123,6 +157,7 @@ class ReconnectingStream(stt.RecognizeStream):
                 language=self._language, conn_options=self._inner_conn_options
             )
             started = time.monotonic()
+            self._given = self._reported = 0.0
             try:
                 input_ended = await self._pump(inner)
                 if input_ended:
@@ -132,6 +167,7 @@ class ReconnectingStream(stt.RecognizeStream):
                 error = e
             finally:
                 await inner.aclose()
+                self._report_unreported_usage(started)
             if time.monotonic() - started >= opts.healthy_after:
                 delay = opts.first_delay
             self._backlog.extend(self._unconfirmed.take())
@@ -160,6 +196,8 @@ class ReconnectingStream(stt.RecognizeStream):
             async for ev in inner:
                 if ev.type == stt.SpeechEventType.FINAL_TRANSCRIPT:
                     self._unconfirmed.take()  # recognised: never fed again
+                elif ev.type == stt.SpeechEventType.RECOGNITION_USAGE and ev.recognition_usage:
+                    self._reported += ev.recognition_usage.audio_duration
                 self._event_ch.send_nowait(ev)
         finally:
             ended = feeder.done() and self._input_ch.closed
@@ -170,6 +208,7 @@ class ReconnectingStream(stt.RecognizeStream):
         self._unconfirmed.append(item)
         if isinstance(item, rtc.AudioFrame):
             inner.push_frame(item)
+            self._given += item.duration
         else:
             inner.flush()
 
@@ -182,6 +221,26 @@ class ReconnectingStream(stt.RecognizeStream):
                 return False
         except TimeoutError:
             return True
+
+    def _report_unreported_usage(self, started: float) -> None:
+        """The audio given to the inner stream that it never reported, as one more metric of
+        the inner STT's (its ``duration`` is the stream's age, like the plugin's)."""
+        unreported = self._given - self._reported
+        if unreported < 0.001:
+            return
+        inner = self._owner.inner
+        self._owner.emit(
+            "metrics_collected",
+            STTMetrics(
+                request_id="",
+                timestamp=time.time(),
+                duration=time.monotonic() - started,
+                label=inner.label,
+                audio_duration=unreported,
+                streamed=True,
+                error=None,
+            ),
+        )
 
     def _report_failure(self, error: BaseException, delay: float) -> None:
         self.failures += 1

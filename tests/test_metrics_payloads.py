@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import replace
 
 import pytest
 from livekit.agents.metrics import (
@@ -275,3 +276,23 @@ def test_long_lists_of_numbers_are_shortened() -> None:
     assert len(data) <= MAX_PAYLOAD_BYTES
     assert decoded["truncated"] is True
     assert decoded["samples"][:3] == [0, 1, 2]
+
+
+def test_session_usage_says_not_measured_until_an_llm_request_reports_usage() -> None:
+    from worker.metrics.payloads import SessionUsage
+
+    usage = SessionUsage()
+    unreported = replace(llm(), prompt_tokens=0, completion_tokens=0, total_tokens=0)
+    usage.add(unreported)
+    usage.add(stt())
+    p = session_payload(usage, TurnCounts(1, 0), duration=2.0, ts=TS)
+    assert (p["llm_prompt_tokens"], p["llm_completion_tokens"]) == (None, None)
+    assert p["stt_audio_duration"] == stt().audio_duration
+    assert metric_payload(unreported)["prompt_tokens"] is None  # type: ignore[index]
+    usage.add(llm())
+    usage.add(unreported)  # a cancelled request adds nothing, and does not erase the rest
+    p = session_payload(usage, TurnCounts(1, 0), duration=2.0, ts=TS)
+    assert (p["llm_prompt_tokens"], p["llm_completion_tokens"]) == (
+        llm().prompt_tokens,
+        llm().completion_tokens,
+    )

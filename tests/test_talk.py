@@ -144,7 +144,15 @@ async def test_offline_talk_as_a_newcomer_runs_it(tmp_path: Path) -> None:
     assert len(turns) == 1
     assert isinstance(turns[0]["e2e_latency"], float)
     assert turns[0]["e2e_latency"] > 0
-    assert messages[-1]["payload"]["type"] == "session"
+    session = messages[-1]["payload"]
+    assert session["type"] == "session"
+    # llama.cpp's server reports no token usage: "not measured", not 0 tokens
+    llm = [m["payload"] for m in messages if m["payload"]["type"] == "llm"]
+    assert llm
+    assert {(p["prompt_tokens"], p["completion_tokens"]) for p in llm} == {(None, None)}
+    assert (session["llm_prompt_tokens"], session["llm_completion_tokens"]) == (None, None)
+    assert session["tts_characters"] > 0
+    assert session["stt_audio_duration"] > 0
 
     samples, rate = read_wav_int16(tmp_path / "reply.wav")
     assert await speech_seconds(samples, rate) > 0.5

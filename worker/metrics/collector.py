@@ -13,11 +13,12 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from livekit.agents.metrics import AgentMetrics, UsageCollector, VADMetrics
+from livekit.agents.metrics import AgentMetrics, VADMetrics
 
 from worker.config import DEFAULT_METRICS_TOPIC
 from worker.metrics.payloads import (
     MAX_PAYLOAD_BYTES,
+    SessionUsage,
     VadAggregator,
     metric_payload,
     session_payload,
@@ -72,7 +73,7 @@ class SessionMetrics:
             self.publisher.publish, include_text=self.options.include_transcripts
         )
         self._vad = VadAggregator(self.options.vad_window)
-        self._usage = UsageCollector()
+        self._usage = SessionUsage()
         self._data_message_stats = data_message_stats
         self._started_at: float | None = None
         self._closed = False
@@ -86,7 +87,7 @@ class SessionMetrics:
         if self._closed:
             return
         try:
-            self._usage.collect(m)
+            self._usage.add(m)
             payload = self._vad.add(m) if isinstance(m, VADMetrics) else metric_payload(m)
             if payload is not None:
                 self.publisher.publish(payload)
@@ -111,7 +112,7 @@ class SessionMetrics:
         duration = time.perf_counter() - self._started_at if self._started_at else 0.0
         self.publisher.publish(
             session_payload(
-                self._usage.get_summary(),
+                self._usage,
                 self.turns.counts,
                 duration=duration,
                 data_messages=stats,

@@ -16,7 +16,7 @@ import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from livekit.agents.metrics import (
     AgentMetrics,
@@ -24,7 +24,6 @@ from livekit.agents.metrics import (
     PipelineEOUMetrics,
     STTMetrics,
     TTSMetrics,
-    UsageSummary,
     VADMetrics,
 )
 
@@ -74,8 +73,9 @@ def metric_payload(m: AgentMetrics) -> Payload | None:
         p["sequence_id"] = getattr(m, "sequence_id", None)
         p["ttft"] = seconds(m.ttft)
         p["duration"] = seconds(m.duration)
-        p["prompt_tokens"] = m.prompt_tokens
-        p["completion_tokens"] = m.completion_tokens
+        measured = llm_usage_reported(m)
+        p["prompt_tokens"] = m.prompt_tokens if measured else None
+        p["completion_tokens"] = m.completion_tokens if measured else None
         p["cancelled"] = m.cancelled
         p["label"] = m.label
         return p
@@ -99,6 +99,50 @@ def metric_payload(m: AgentMetrics) -> Payload | None:
         p["error"] = error_name(m.error)
         return p
     return None
+
+
+def llm_usage_reported(m: LLMMetrics) -> bool:
+    """Did the provider report token usage for this request? The framework writes 0 tokens
+    when it did not (a server without ``stream_options.include_usage`` support such as the
+    local llama.cpp one, a request cancelled before its usage chunk); a real prompt is never
+    0 tokens."""
+    return m.error is None and (m.prompt_tokens > 0 or m.completion_tokens > 0)
+
+
+class UsageTotals(Protocol):
+    """What the ``session`` payload reports (``SessionUsage``; the framework's UsageSummary
+    fits too). ``None``: not measured."""
+
+    @property
+    def llm_prompt_tokens(self) -> int | None: ...
+    @property
+    def llm_completion_tokens(self) -> int | None: ...
+    @property
+    def tts_characters_count(self) -> int: ...
+    @property
+    def stt_audio_duration(self) -> float: ...
+
+
+@dataclass
+class SessionUsage:
+    """Usage totals of one session, from every STT/LLM/TTS metric. Unlike the framework's
+    UsageCollector, LLM tokens stay ``None`` until a request reports usage, so a session
+    whose LLM never reports any says "not measured" instead of 0 tokens."""
+
+    llm_prompt_tokens: int | None = None
+    llm_completion_tokens: int | None = None
+    tts_characters_count: int = 0
+    stt_audio_duration: float = 0.0
+
+    def add(self, m: AgentMetrics) -> None:
+        if isinstance(m, LLMMetrics):
+            if llm_usage_reported(m):
+                self.llm_prompt_tokens = (self.llm_prompt_tokens or 0) + m.prompt_tokens
+                self.llm_completion_tokens = (self.llm_completion_tokens or 0) + m.completion_tokens
+        elif isinstance(m, TTSMetrics):
+            self.tts_characters_count += m.characters_count
+        elif isinstance(m, STTMetrics):
+            self.stt_audio_duration += m.audio_duration
 
 
 class VadAggregator:
@@ -165,7 +209,7 @@ class TurnCounts:
 
 
 def session_payload(
-    usage: UsageSummary,
+    usage: UsageTotals,
     turns: TurnCounts,
     *,
     duration: float,

@@ -27,7 +27,7 @@ FRAMEWORK_COMMANDS = {
 OWN_COMMANDS = {
     "dispatch": "dispatch this agent (AGENT_NAME) into a room through the server API",
     "token": "print a join token for a person (room join only) to talk to the agent",
-    "talk": "talk to the agent from a WAV file, in-process (no server; offline without keys)",
+    "talk": "talk to the agent from an audio file, in-process (no server; offline without keys)",
     "web": "serve the browser client and a development token endpoint",
 }
 
@@ -126,9 +126,10 @@ def _token(argv: list[str]) -> None:
 # --- talk -----------------------------------------------------------------------------------
 
 TALK_EPILOG = """\
-The agent runs the same conversation code as in a room job, in an in-process room: INPUT.wav
-(8/16/24/32-bit PCM or float, any rate, mono or stereo) is the participant's microphone, played
-in real time; --image is their camera. Prints the transcript and one latency line per turn.
+The agent runs the same conversation code as in a room job, in an in-process room: INPUT (any
+audio file FFmpeg decodes: WAV of any sample format, MP3, Ogg/Opus, FLAC, M4A, a video's sound)
+is the participant's microphone, played in real time; --image (PNG, JPEG or the first frame of
+a video) is their camera. Prints the transcript and one latency line per turn.
 
 Providers, decided one by one (cloud where keys are set, local otherwise):
   STT/TTS  no DEEPGRAM_API_KEY: Whisper tiny.en / Piper (STT_PROVIDER=whisper,
@@ -142,7 +143,8 @@ Providers, decided one by one (cloud where keys are set, local otherwise):
 --fast skips the 0.5 s lead-in silence and trims silence at the start and end of INPUT
 (pauses inside the speech stay, so turns end where they would). After the input, the agent
 is given time to finish answering (at most --reply-timeout seconds).
-Exit status: 0 done, 1 the agent did not answer, 2 bad arguments or configuration."""
+Exit status: 0 done, 1 the agent did not answer or every reply failed, 2 bad arguments, input
+or configuration, 130 Ctrl-C, 143 SIGTERM (what it started is stopped first)."""
 
 
 def _talk(argv: list[str]) -> None:
@@ -157,8 +159,10 @@ def _talk(argv: list[str]) -> None:
         epilog=TALK_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("input", metavar="INPUT.wav", type=Path, help="what the participant says")
-    parser.add_argument("--image", metavar="PATH", type=Path, help="the camera (PNG or JPEG)")
+    parser.add_argument("input", metavar="INPUT", type=Path, help="what the participant says")
+    parser.add_argument(
+        "--image", metavar="PATH", type=Path, help="the camera (PNG, JPEG or a video's first frame)"
+    )
     parser.add_argument(
         "--out", metavar="reply.wav", type=Path, default=Path("reply.wav"),
         help="the agent's audio (default: reply.wav)",

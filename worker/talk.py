@@ -1,9 +1,10 @@
-"""``python -m worker talk``: one conversation with the agent from a WAV file, no server needed.
+"""``python -m worker talk``: one conversation with the agent from an audio file, no server needed.
 
 The session is the one a room job builds (:func:`worker.session.build_session`), in the
-in-process :class:`~worker.local_room.LocalRoom`: INPUT.wav is the participant's microphone,
-played in real time; an optional image is their camera; the agent's audio track is recorded
-to a WAV; every metrics data message also goes to a JSONL file (:class:`JsonlFileSink`).
+in-process :class:`~worker.local_room.LocalRoom`: INPUT (any audio FFmpeg decodes) is the
+participant's microphone, played in real time; an optional image is their camera; the agent's
+audio track is recorded to a WAV; every metrics data message also goes to a JSONL file
+(:class:`JsonlFileSink`).
 
 Providers (:func:`talk_config`), decided per provider:
 
@@ -32,7 +33,6 @@ import logging
 import math
 import os
 import signal
-import struct
 import sys
 import time
 from collections.abc import Coroutine, Mapping, Sequence
@@ -47,6 +47,7 @@ from worker.config import ConfigError, Settings, load_settings, read_dotenv
 if TYPE_CHECKING:
     from livekit import rtc
     from livekit.agents import vad as agents_vad
+    from PIL.Image import Image as PILImage
 
     from worker.local_room import LocalRoom, Microphone, VideoFeed
 
@@ -188,7 +189,7 @@ def describe_providers(config: TalkConfig) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# Input: a WAV file and an image
+# Input: an audio file and an image
 
 
 @dataclass(frozen=True)
@@ -197,80 +198,65 @@ class InputAudio:
     """Mono int16 (channels averaged)."""
     sample_rate: int
     channels: int
-    sample_format: str
-    """E.g. ``16-bit PCM``, ``32-bit float``."""
+    codec: str
+    """What the file held, as FFmpeg names it: ``pcm_s16le``, ``pcm_f32le``, ``mp3``, ``opus``."""
 
     @property
     def duration(self) -> float:
         return self.samples.size / self.sample_rate
 
 
-_PCM, _FLOAT, _EXTENSIBLE = 0x0001, 0x0003, 0xFFFE
+def decode_audio(path: Path) -> InputAudio:
+    """Any audio FFmpeg (PyAV) decodes -> mono int16: WAV of any sample format, MP3, Ogg/Opus,
+    FLAC, M4A, the sound of a video file. Blocking: run it in a thread.
 
+    Rates outside MIN_SAMPLE_RATE..MAX_SAMPLE_RATE are resampled into it (to 16 or 48 kHz).
+    Raises ValueError saying why the file cannot be used (empty, not audio, which format)."""
+    import av
 
-def parse_wav(data: bytes) -> InputAudio:
-    """RIFF/WAVE -> mono int16: PCM 8/16/24/32-bit and 32/64-bit float, any channel count,
-    WAVE_FORMAT_EXTENSIBLE too (what sox writes for 24-bit). Raises ValueError saying why."""
-    if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
-        raise ValueError("not a WAV file (no RIFF/WAVE header)")
-    fmt: tuple[int, int, int, int] | None = None
-    pcm: bytes | None = None
-    pos = 12
-    while pos + 8 <= len(data) and pcm is None:
-        chunk_id, size = data[pos : pos + 4], struct.unpack_from("<I", data, pos + 4)[0]
-        body = data[pos + 8 : pos + 8 + size]  # a streamed file may claim more than it has
-        if chunk_id == b"fmt ":
-            if len(body) < 16:
-                raise ValueError("broken WAV file (short fmt chunk)")
-            tag, channels, rate, _, _, bits = struct.unpack_from("<HHIIHH", body)
-            if tag == _EXTENSIBLE and len(body) >= 26:
-                tag = struct.unpack_from("<H", body, 24)[0]  # first two bytes of the GUID
-            fmt = (tag, channels, rate, bits)
-        elif chunk_id == b"data":
-            pcm = body
-        pos += 8 + size + (size & 1)
-    if fmt is None:
-        raise ValueError("broken WAV file (no fmt chunk)")
-    if pcm is None:
-        raise ValueError("broken WAV file (no data chunk)")
-    tag, channels, rate, bits = fmt
-    if channels < 1:
-        raise ValueError("broken WAV file (0 channels)")
-    if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
-        raise ValueError(f"sample rate {rate} Hz is not supported ({MIN_SAMPLE_RATE}-192000 Hz)")
-    frame_bytes = channels * bits // 8
-    if frame_bytes == 0:
-        raise ValueError(f"unsupported sample format ({bits} bits)")
-    pcm = pcm[: len(pcm) - len(pcm) % frame_bytes]
-    samples = _to_float(pcm, tag, bits)
-    if samples.size == 0:
-        raise ValueError("the WAV file contains no audio")
-    mono = samples.reshape(-1, channels).mean(axis=1)
+    if path.stat().st_size == 0:
+        raise ValueError("the file is empty (0 bytes)")
+    try:
+        container = av.open(str(path))
+    except OSError:
+        raise  # cannot read it at all (permissions, ...): the caller says so
+    except av.error.FFmpegError as e:
+        raise ValueError(f"not an audio file FFmpeg can read ({_ffmpeg_reason(e)})") from e
+    with container:
+        if not container.streams.audio:
+            found = ", ".join(s.codec_context.name for s in container.streams) or "no streams"
+            raise ValueError(f"no audio in it (FFmpeg found {container.format.long_name}: {found})")
+        stream = container.streams.audio[0]
+        codec = stream.codec_context.name
+        rate = stream.codec_context.sample_rate
+        channels = stream.codec_context.channels
+        if not rate or not channels:
+            raise ValueError(f"broken audio stream ({codec}: no sample rate or channels)")
+        target = rate
+        if rate < MIN_SAMPLE_RATE:
+            target = 16000
+        elif rate > MAX_SAMPLE_RATE:
+            target = 48000
+        resampler = av.AudioResampler(format="flt", layout=stream.layout.name, rate=target)
+        chunks: list[np.ndarray] = []
+        try:
+            for frame in container.decode(stream):
+                chunks += [f.to_ndarray().reshape(-1) for f in resampler.resample(frame)]
+            chunks += [f.to_ndarray().reshape(-1) for f in resampler.resample(None)]
+        except av.error.FFmpegError as e:
+            raise ValueError(f"broken {codec} audio ({_ffmpeg_reason(e)})") from e
+    interleaved = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
+    interleaved = interleaved[: interleaved.size - interleaved.size % channels]
+    if interleaved.size == 0:
+        raise ValueError(f"it contains no audio (an empty {codec} stream)")
+    mono = np.nan_to_num(interleaved.reshape(-1, channels).mean(axis=1))
     int16 = np.clip(np.round(mono * 32768.0), -32768, 32767).astype(np.int16)
-    kind = "float" if tag == _FLOAT else "PCM"
-    return InputAudio(int16, rate, channels, f"{bits}-bit {kind}")
+    return InputAudio(int16, target, channels, codec)
 
 
-def _to_float(pcm: bytes, tag: int, bits: int) -> np.ndarray:
-    """Samples in [-1, 1) as float32."""
-    if tag == _PCM and bits == 8:  # unsigned, 128 = zero
-        return (np.frombuffer(pcm, np.uint8).astype(np.float32) - 128.0) / 128.0
-    if tag == _PCM and bits == 16:
-        return np.frombuffer(pcm, "<i2").astype(np.float32) / 32768.0
-    if tag == _PCM and bits == 24:
-        b = np.frombuffer(pcm, np.uint8).reshape(-1, 3).astype(np.int32)
-        value = b[:, 0] | (b[:, 1] << 8) | (b[:, 2] << 16)
-        value = np.where(value >= 1 << 23, value - (1 << 24), value)
-        return value.astype(np.float32) / float(1 << 23)
-    if tag == _PCM and bits == 32:
-        return (np.frombuffer(pcm, "<i4").astype(np.float64) / float(1 << 31)).astype(np.float32)
-    if tag == _FLOAT and bits in (32, 64):
-        values = np.frombuffer(pcm, "<f4" if bits == 32 else "<f8").astype(np.float32)
-        return np.nan_to_num(np.clip(values, -1.0, 1.0))
-    kind = {_PCM: "PCM", _FLOAT: "float"}.get(tag, f"format tag 0x{tag:04x}")
-    raise ValueError(
-        f"unsupported sample format ({bits}-bit {kind}); use 8/16/24/32-bit PCM or 32-bit float"
-    )
+def _ffmpeg_reason(e: Exception) -> str:
+    """FFmpeg's own words, without the file name PyAV appends."""
+    return str(getattr(e, "strerror", None) or e).strip().rstrip(".")
 
 
 def trim_silence(audio: InputAudio, *, keep: float = 0.3) -> InputAudio:
@@ -289,7 +275,8 @@ def trim_silence(audio: InputAudio, *, keep: float = 0.3) -> InputAudio:
 
 
 def _decode_image(path: Path) -> rtc.VideoFrame:
-    """PNG/JPEG (anything Pillow opens) -> an RGBA frame at most MAX_IMAGE_SIDE (blocking)."""
+    """PNG/JPEG (anything Pillow opens), or the first frame of a video file (anything FFmpeg
+    decodes) -> an RGBA frame at most MAX_IMAGE_SIDE (blocking)."""
     from livekit import rtc
     from PIL import Image
 
@@ -297,8 +284,8 @@ def _decode_image(path: Path) -> rtc.VideoFrame:
         with Image.open(path) as img:
             img.load()
             rgba = img.convert("RGBA")
-    except Image.UnidentifiedImageError as e:
-        raise ValueError("not an image (PNG or JPEG expected)") from e
+    except Image.UnidentifiedImageError:
+        rgba = _first_video_frame(path)
     except (FileNotFoundError, PermissionError, IsADirectoryError) as e:
         raise ValueError(f"cannot read it ({e.strerror})") from e
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
@@ -309,6 +296,22 @@ def _decode_image(path: Path) -> rtc.VideoFrame:
     width, height = rgba.width - rgba.width % 2, rgba.height - rgba.height % 2  # I420 needs even
     rgba = rgba.crop((0, 0, width, height))
     return rtc.VideoFrame(width, height, rtc.VideoBufferType.RGBA, rgba.tobytes())
+
+
+def _first_video_frame(path: Path) -> PILImage:
+    """The first frame of a video file, decoded alone (nothing after it is read)."""
+    import av
+
+    expected = "not an image or a video (PNG, JPEG or a video file FFmpeg decodes expected)"
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise ValueError(expected)
+            for frame in container.decode(container.streams.video[0]):
+                return frame.to_image().convert("RGBA")
+    except av.error.FFmpegError as e:
+        raise ValueError(f"{expected}: {_ffmpeg_reason(e)}") from e
+    raise ValueError("the video has no frame")
 
 
 @dataclass
@@ -356,7 +359,7 @@ def _check_readable(flag: str, path: Path) -> str | None:
 
 
 async def load_inputs(options: TalkOptions) -> TalkInputs:
-    """Read and decode the WAV and the image (in threads); TalkError lists every problem."""
+    """Read and decode the audio and the image (in threads); TalkError lists every problem."""
     problems: list[str] = []
     audio: InputAudio | None = None
     image: rtc.VideoFrame | None = None
@@ -365,8 +368,7 @@ async def load_inputs(options: TalkOptions) -> TalkInputs:
         problems.append(problem)
     else:
         try:
-            data = await asyncio.to_thread(options.input.read_bytes)
-            audio = await asyncio.to_thread(parse_wav, data)
+            audio = await asyncio.to_thread(decode_audio, options.input)
         except OSError as e:
             problems.append(f"INPUT: cannot read {options.input}: {e.strerror or e}")
         except ValueError as e:

@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import wave
@@ -577,3 +578,106 @@ async def test_stopping_talk_stops_the_local_llm_server(tmp_path: Path, signum: 
         for pid in (proc.pid, server):
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+# ----------------------------------------------------------------------------- provider failures
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])  # nothing listens there once the socket is closed
+
+
+async def _talk_on_loopback(tmp_path: Path, oai: OpenAIServer, dg: Any, **env: str) -> Any:
+    """``talk`` in a subprocess with every cloud provider on the loopback servers (``env``
+    overrides their URLs); returns the finished process's (code, stdout, stderr)."""
+    question_wav(tmp_path / "question.wav")
+    environ = clean_environ()
+    environ.update(
+        PYTHONPATH=str(REPO),
+        OPENAI_API_KEY=SECRET_OPENAI,
+        DEEPGRAM_API_KEY=SECRET_DEEPGRAM,
+        OPENAI_BASE_URL=oai.base_url,
+        DEEPGRAM_STT_URL=dg.stt_url,
+        DEEPGRAM_TTS_URL=dg.tts_url,
+        LLM_MODEL="gpt-4o-mini",
+    )
+    environ.update(env)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "worker", "talk", "question.wav", "--fast", "--reply-timeout", "20",
+        env=environ, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 100)
+    text = err.decode()
+    assert SECRET_OPENAI not in text
+    assert SECRET_DEEPGRAM not in text
+    assert "Traceback" not in text, text
+    return proc.returncode, out.decode(), text
+
+
+SECRET_OPENAI = "sk-test-7Hq2mZ9xLw"
+SECRET_DEEPGRAM = "dg-test-Jp4rT8vKs1"
+
+
+async def test_an_llm_refusing_the_key_says_so_and_talk_fails(tmp_path: Path) -> None:
+    """HTTP 401: one console line names the LLM, its endpoint, the status and the setting to
+    check; the apology is spoken, but a run where every reply failed exits 1."""
+    from tests.loopback.deepgram_server import DeepgramLoopback
+    from tests.loopback.openai_server import Fault
+
+    refuse = Fault(401, "Incorrect API key provided: sk-te****")
+    async with OpenAIServer(lambda body: refuse) as oai, DeepgramLoopback() as dg:
+        code, _, err = await _talk_on_loopback(tmp_path, oai, dg)
+    assert code == 1, err
+    lines = [line for line in err.splitlines() if "failed" in line]
+    endpoint = f"{oai.base_url}/chat/completions"
+    assert lines[0] == (
+        f"LLM (openai_llm) failed: HTTP 401 from {endpoint}: Incorrect API key provided: "
+        "sk-te**** (APIStatusError) (check OPENAI_API_KEY); apologising"
+    ), err
+    assert lines[-1] == "error: every reply failed: the LLM failed (see the lines above)"
+
+
+async def test_providers_at_a_closed_port_say_where_and_why(tmp_path: Path) -> None:
+    """Every URL at a closed port: the STT fails first (nothing is heard, so no LLM or TTS
+    call follows); its retries repeat one cause, printed once, and the error says the STT
+    failed instead of blaming the input."""
+    from tests.loopback.deepgram_server import DeepgramLoopback
+
+    port = _closed_port()
+    closed = {
+        "OPENAI_BASE_URL": f"http://127.0.0.1:{port}/v1",
+        "DEEPGRAM_STT_URL": f"http://127.0.0.1:{port}/v1/listen",
+        "DEEPGRAM_TTS_URL": f"http://127.0.0.1:{port}/v1/speak",
+    }
+    async with OpenAIServer() as oai, DeepgramLoopback() as dg:
+        code, _, err = await _talk_on_loopback(tmp_path, oai, dg, **closed)
+    assert code == 1, err
+    failures = [line for line in err.splitlines() if " failed: " in line]
+    assert len(failures) == 1, err
+    assert failures[0].startswith(
+        f"STT (deepgram) failed: at 127.0.0.1:{port}: Cannot connect to host 127.0.0.1:{port}"
+    ), err
+    assert "(ClientConnectorError); replacing the stream in " in failures[0]
+    assert err.splitlines()[-1] == (
+        "error: the agent did not answer: the STT failed (see the lines above)"
+    )
+
+
+async def test_a_tts_at_a_closed_port_says_where_and_talk_fails(tmp_path: Path) -> None:
+    from tests.loopback.deepgram_server import DeepgramLoopback
+    from tests.loopback.openai_server import Reply
+
+    port = _closed_port()
+    async with OpenAIServer(lambda body: Reply(text="Paris.")) as oai, DeepgramLoopback() as dg:
+        code, out, err = await _talk_on_loopback(
+            tmp_path, oai, dg, DEEPGRAM_TTS_URL=f"http://127.0.0.1:{port}/v1/speak"
+        )
+    assert code == 1, err
+    failures = [line for line in err.splitlines() if line.startswith("TTS (deepgram) failed: ")]
+    assert failures, err
+    assert f"127.0.0.1:{port}" in failures[0]
+    assert "agent: Paris." in out  # the reply still reached the room as text
+    assert err.splitlines()[-1].startswith("error: ")
+    assert err.splitlines()[-1].endswith(": the TTS failed (see the lines above)")

@@ -205,6 +205,7 @@ def _talk(argv: list[str]) -> None:
     if problems or inputs is None:
         usage_error(problems)
     install_log_redaction(config.settings.secrets())
+    talk.console_logging()
     print(f"providers: {talk.describe_providers(config)}", file=sys.stderr)
     try:
         result = talk.run_stoppable(talk.run_talk(options, inputs, config))
@@ -223,8 +224,9 @@ def _talk(argv: list[str]) -> None:
     print(talk.report(result))
     for line in talk.summary(options, result):
         print(line, file=sys.stderr)
-    if result.reply_seconds == 0:
-        print("error: the agent did not answer (was there speech in INPUT?)", file=sys.stderr)
+    problem = talk.failure(result)
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr)
         raise SystemExit(1)
 
 

@@ -139,12 +139,17 @@ def build_session(
     # providers, each in the wrapper that makes it resilient
     plain_stt = build_stt(settings, http_session=http_session)
     speech_to_text: stt.STT = (
-        ReconnectingSTT(plain_stt)  # a lost stream is replaced, not the end of hearing
+        # a lost stream is replaced, not the end of hearing
+        ReconnectingSTT(plain_stt, endpoint=settings.deepgram_stt_url)
         if plain_stt.capabilities.streaming
         else VADSegmentedSTT(stt=plain_stt, vad=vad)  # one recognition per VAD utterance
     )
     plain_tts = build_tts(settings, http_session=http_session)
-    text_to_speech = plain_tts if tts_segments_itself(settings) else SegmentingTTS(plain_tts)
+    text_to_speech = (
+        plain_tts
+        if tts_segments_itself(settings)
+        else SegmentingTTS(plain_tts, endpoint=settings.deepgram_tts_url)
+    )
     primary = build_llm(settings, base_url=llm_base_url)
     fallback = None if llm_base_url is not None else build_fallback_llm(settings)
     language_model: llm.LLM = FallbackLLM([primary, fallback]) if fallback else primary

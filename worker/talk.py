@@ -411,6 +411,8 @@ class TalkResult:
     """The agent finished answering (False: the wait hit ``reply_timeout``)."""
     end_reason: str = ""
     notes: list[str] = field(default_factory=list)
+    failed_providers: list[str] = field(default_factory=list)
+    """``stt``, ``tts``, ``llm``: the providers that reported a failure (metrics ``error``)."""
 
     def transcript_text(self) -> str:
         return "".join(f"{line.speaker}: {line.text}\n" for line in self.transcript)
@@ -464,6 +466,23 @@ def report(result: TalkResult) -> str:
     return "\n".join(lines)
 
 
+def failure(result: TalkResult) -> str | None:
+    """Why the run failed (talk exits with status 1), or None: the agent did not answer at
+    all, or every reply it gave failed (an apology, or cut short by a provider failure)."""
+    failed = [t for t in result.turns if t.get("outcome") != "answered" and _failed_turn(t)]
+    providers = ", ".join(p.upper() for p in result.failed_providers)
+    cause = f": the {providers} failed (see the lines above)" if providers else ""
+    if result.turns and len(failed) == len(result.turns):
+        return f"every reply failed{cause}"
+    if result.reply_seconds == 0:
+        return f"the agent did not answer{cause or ' (was there speech in INPUT?)'}"
+    return None
+
+
+def _failed_turn(turn: Mapping[str, Any]) -> bool:
+    return turn.get("outcome") in ("apologised", "cut_short") or bool(turn.get("error"))
+
+
 def summary(options: TalkOptions, result: TalkResult) -> list[str]:
     """Where the outputs went, and anything unusual about the run (for stderr)."""
     lines = [f"reply: {options.out} ({result.reply_seconds:.1f} s of speech)"]
@@ -515,6 +534,28 @@ async def run_talk(
         result.notes[:0] = notes
         return result
     raise AssertionError("unreachable")  # pragma: no cover - AsyncExitStack never swallows
+
+
+class ConsoleFormatter(logging.Formatter):
+    """``talk``'s log lines on stderr: the message, and of an exception only its last line
+    (type and message). A provider failure is one line that says what failed; a traceback
+    would bury it (the framework's plugins log one with every failure they re-raise)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        trace = record.exc_text or ""  # the redaction turns exc_info into masked exc_text
+        if not trace and record.exc_info:
+            trace = self.formatException(record.exc_info)
+        last = trace.strip().splitlines()[-1] if trace.strip() else ""
+        return f"{message}: {last}" if last else message
+
+
+def console_logging(level: int = logging.WARNING) -> None:
+    """Warnings and errors to stderr, one line each (:class:`ConsoleFormatter`)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(ConsoleFormatter())
+    handler.setLevel(level)
+    logging.getLogger().addHandler(handler)
 
 
 def _say(quiet: bool, message: str) -> None:
@@ -617,12 +658,17 @@ async def _converse(
     await room.aclose()
     recorder = room.outbox.audio[0]
     await recorder.write_wav(options.out)
+    payloads = [d.json() for d in room.outbox.data_on(settings.metrics_topic)]
     result = TalkResult(
         transcript=transcript_lines(room),
-        turns=[
-            p
-            for d in room.outbox.data_on(settings.metrics_topic)
-            if (p := d.json())["type"] == "turn"
+        turns=[p for p in payloads if p["type"] == "turn"],
+        failed_providers=[
+            kind
+            for kind in ("stt", "llm", "tts")
+            if any(p["type"] == kind and p.get("error") for p in payloads)
+            or any(
+                kind in (p.get("error") or "").split(",") for p in payloads if p["type"] == "turn"
+            )
         ],
         reply_seconds=recorder.audible_seconds,
         answered=answered,

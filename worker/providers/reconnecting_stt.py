@@ -44,7 +44,7 @@ from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, APIConnectOptions
 from livekit.agents.utils import AudioBuffer
 
 from worker.pipeline.adapter import STTFlush
-from worker.providers.errors import failure_metric
+from worker.providers.errors import describe_failure, failure_metric
 from worker.providers.wrapper import Wrapper
 
 logger = logging.getLogger("worker.providers.reconnecting_stt")
@@ -69,12 +69,16 @@ class ReconnectingSTT(Wrapper[stt.STT], stt.STT):
     """Wraps a streaming STT; owns it (``aclose`` closes it). Metrics are the inner STT's,
     re-emitted, plus one STTMetrics with an ``error`` per failed inner stream."""
 
-    def __init__(self, inner: stt.STT, options: ReconnectingSTTOptions | None = None) -> None:
+    def __init__(
+        self, inner: stt.STT, options: ReconnectingSTTOptions | None = None, *, endpoint: str = ""
+    ) -> None:
         if not inner.capabilities.streaming:
             raise ValueError("ReconnectingSTT needs a streaming STT")
         super().__init__(capabilities=inner.capabilities)
         self._own_inner(inner)
         self._opts = options or ReconnectingSTTOptions()
+        self.endpoint = endpoint
+        """Where the inner STT is reached (for failure messages; no secrets)."""
         self.failures = 0
         """Inner streams that failed, over all streams of this STT."""
 
@@ -126,6 +130,7 @@ class ReconnectingStream(stt.RecognizeStream):
         self._reported = 0.0
         """Seconds of audio the current inner stream reported as used."""
         self._finished = asyncio.Event()
+        self._last_failure = ""
 
     async def aclose(self) -> None:
         """End the input, let the inner stream finish (module docstring), then close."""
@@ -245,8 +250,17 @@ class ReconnectingStream(stt.RecognizeStream):
     def _report_failure(self, error: BaseException, delay: float) -> None:
         self.failures += 1
         self._owner.failures += 1
-        logger.warning(
-            "STT stream failed; replacing it",
+        description = describe_failure(
+            "STT", error, label=self._owner.inner.label, endpoint=self._owner.endpoint
+        )
+        # one console line per cause: an outage repeats the same failure at every retry
+        repeated = description == self._last_failure
+        self._last_failure = description
+        logger.log(
+            logging.DEBUG if repeated else logging.WARNING,
+            "%s; replacing the stream in %.1f s",
+            description,
+            delay,
             extra={
                 "error": type(error).__name__,
                 "retry_in": round(delay, 3),

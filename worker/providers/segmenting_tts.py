@@ -40,7 +40,7 @@ from livekit import rtc
 from livekit.agents import APIConnectOptions, tokenize, tts, utils
 
 from worker.pipeline.adapter import TTSFlush, tts_conn_options, without_retries
-from worker.providers.errors import failure_metric
+from worker.providers.errors import describe_failure, failure_metric
 from worker.providers.wrapper import Wrapper
 
 logger = logging.getLogger("worker.providers.segmenting_tts")
@@ -186,7 +186,9 @@ class SegmentingTTS(Wrapper[tts.TTS], tts.TTS):
     straight to ``inner``; capabilities, sample rate and channels are ``inner``'s.
     """
 
-    def __init__(self, inner: tts.TTS, options: SegmentingTTSOptions | None = None) -> None:
+    def __init__(
+        self, inner: tts.TTS, options: SegmentingTTSOptions | None = None, *, endpoint: str = ""
+    ) -> None:
         if not inner.capabilities.streaming:
             raise ValueError(
                 "SegmentingTTS needs a streaming TTS (wrap others in tts.StreamAdapter instead)"
@@ -197,6 +199,8 @@ class SegmentingTTS(Wrapper[tts.TTS], tts.TTS):
             num_channels=inner.num_channels,
         )
         self._own_inner(inner)
+        self.endpoint = endpoint
+        """Where the inner TTS is reached (for failure messages; no secrets)."""
         self._opts = options or SegmentingTTSOptions()
 
     @property
@@ -403,7 +407,10 @@ class SegmentingStream(tts.SynthesizeStream):
 
     def _report_failure(self, error: Exception, *, recovered: bool) -> None:
         logger.warning(
-            "TTS failed; %s",
+            "%s; %s",
+            describe_failure(
+                "TTS", error, label=self._wrapper.inner.label, endpoint=self._wrapper.endpoint
+            ),
             "retrying" if recovered else "the rest of the reply is text only",
             extra={"error": type(error).__name__, "failures": self.failures},
         )

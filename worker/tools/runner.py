@@ -35,6 +35,7 @@ from typing import Any, Literal, TypeVar
 from livekit.agents import APIError, llm, utils
 from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, APIConnectOptions
 
+from worker.providers.errors import describe_failure
 from worker.providers.wrapper import Wrapper
 
 logger = logging.getLogger("worker.tools.runner")
@@ -237,7 +238,8 @@ class ToolRoundsStream(llm.LLMStream):
             self.error = type(e).__name__
             spoken = bool(self._last_char)
             logger.warning(
-                "LLM failed; %s",
+                "%s; %s",
+                describe_failure("LLM", e, label=self._runner.inner.label),
                 "reply cut short" if spoken else "apologising",
                 exc_info=not isinstance(e, APIError),
                 extra={"error": str(e), "rounds": self.rounds},

@@ -121,7 +121,9 @@ async def test_hostile_tool_calls_are_refused_before_running_and_the_turn_goes_o
     assert results["call_0"] == "Paris: sunny for 2 days"
     assert results["call_10"].startswith("x" * 100)  # the megabyte, cut
     assert "cut" in results["call_10"][-60:]
-    assert "no function named 'rm_rf'" in results["call_9"]
+    assert "no function named 'rm_rf': it does not exist" in results["call_9"]
+    assert "again with valid arguments" not in results["call_9"]  # no retry of what isn't there
+    assert results["call_3"].endswith("Call weather again with valid arguments.")  # it exists
 
     # nothing hostile goes back to the model in full: arguments are bounded and parseable
     for call_id, arguments in sent_arguments(second).items():

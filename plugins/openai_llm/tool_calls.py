@@ -98,8 +98,11 @@ def _argument_problem(info: FunctionInfo, raw: str) -> str | None:
     return None
 
 
-def _invalid_call(call_id: str, name: str, raw: str, error: str) -> InvalidFunctionCall:
-    message = f"Error: the call was not run: {error}. Call {name} again with valid arguments."
+def _invalid_call(
+    call_id: str, name: str, raw: str, error: str, *, advice: str | None = None
+) -> InvalidFunctionCall:
+    advice = advice or f"Call {name} again with valid arguments."
+    message = f"Error: the call was not run: {error}. {advice}"
     if len(raw) > MAX_ARGUMENT_CHARS or _depth(raw) > MAX_ARGUMENT_DEPTH:
         raw = raw[:QUOTED_ARGUMENT_CHARS]  # hostile: keep it out of the history sent back
 
@@ -123,7 +126,8 @@ def build_call(
             call_id,
             name,
             raw_arguments,
-            f"there is no function named {name!r} (available: {available})",
+            f"there is no function named {name!r}: it does not exist (available: {available})",
+            advice="Do not call it again: use an available function, or answer without one.",
         )
     assert fnc_ctx is not None
     problem = _argument_problem(functions[name], raw_arguments)

@@ -30,6 +30,7 @@ from livekit.agents import vad as agents_vad
 from PIL import Image
 
 from plugins.silero_vad import VAD
+from tests.conftest import SessionFactory
 from tests.loopback.openai_server import OpenAIServer, Reply
 from tests.project_env import PROJECT_VARS, clean_environ
 from tests.speech import resample, silence, speak, write_wav
@@ -681,3 +682,30 @@ async def test_a_tts_at_a_closed_port_says_where_and_talk_fails(tmp_path: Path) 
     assert "agent: Paris." in out  # the reply still reached the room as text
     assert err.splitlines()[-1].startswith("error: ")
     assert err.splitlines()[-1].endswith(": the TTS failed (see the lines above)")
+
+
+# ----------------------------------------------------------------------------- the transcript
+
+WRITTEN = "**Sure!** Here it is (in parentheses, as you asked.) Done. Say “yes.” Then go."
+
+
+async def test_one_reply_is_one_transcript_line_with_the_text_the_tts_got(
+    make_session: SessionFactory,
+) -> None:
+    """The reply is spoken in several TTS segments and sent as several transcription segments;
+    its transcript is still one ``agent:`` line, character for character what the LLM wrote
+    and the TTS was given (no space put into ``**Sure!**``, no line that is just ``)``)."""
+    h = await make_session(lambda body: Reply(text=WRITTEN, tokens_per_second=30))
+    await h.utter("hello there")
+    assert (await h.wait_for_replies(1, timeout=30)).args[0].content == WRITTEN
+    spoken = " ".join(
+        "".join(m.text for m in h.dg.speak_messages if m.connection == c and m.type == "Speak")
+        for c in sorted({m.connection for m in h.dg.speak_messages})
+    )
+    assert " ".join(spoken.split()) == WRITTEN  # what the TTS got, whitespace aside
+    segments = {s.id for t in h.room.outbox.transcriptions_of("agent") for s in t.segments}
+    assert len(segments) > 1  # several segments ...
+    assert talk.transcript_lines(h.room) == [
+        talk.Line("user", "hello there"),
+        talk.Line("agent", WRITTEN),  # ... one line
+    ]

@@ -419,9 +419,9 @@ class TalkResult:
 
 
 def transcript_lines(room: LocalRoom, user_identity: str = USER_IDENTITY) -> list[Line]:
-    """The conversation from the transcriptions the agent published: one line per segment
-    (the user's STT finals, the agent's spoken replies), in the order each segment started,
-    with its final text (or the last text seen, if it never became final)."""
+    """The conversation from the transcriptions the agent published, in the order each segment
+    started, with its final text (or the last text seen, if it never became final): one line
+    per user final, one per agent reply (its consecutive segments joined)."""
     first_at: dict[tuple[str, str], float] = {}
     text: dict[tuple[str, str], str] = {}
     final: set[tuple[str, str]] = set()
@@ -435,7 +435,20 @@ def transcript_lines(room: LocalRoom, user_identity: str = USER_IDENTITY) -> lis
             if segment.final:
                 final.add(key)
     ordered = sorted(first_at, key=first_at.__getitem__)
-    return [Line(key[0], text[key].strip()) for key in ordered if text[key].strip()]
+    lines: list[Line] = []
+    for speaker, text_of in ((key[0], text[key].strip()) for key in ordered):
+        if not text_of:
+            continue
+        if lines and speaker == "agent" and lines[-1].speaker == "agent":
+            # one reply is several segments (a sentence each): one line, as it was written
+            joiner = "" if text_of[0] in _CLOSING else " "
+            lines[-1] = Line("agent", lines[-1].text + joiner + text_of)
+        else:
+            lines.append(Line(speaker, text_of))
+    return lines
+
+
+_CLOSING = frozenset(")]}\"'.,;:!?\u2026\u201d\u2019")
 
 
 def _secs(value: object) -> str:

@@ -61,6 +61,7 @@ from livekit.agents.stt.stream_adapter import StreamAdapterWrapper
 from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, AgentState, APIConnectOptions
 from livekit.agents.worker import Worker, _DefaultLoadCalc
 
+from worker.pipeline.transcript_text import VerbatimSentenceTokenizer
 from worker.room_io.microphone import open_microphone
 
 PRIVATE_MEMBERS: frozenset[str] = frozenset(
@@ -202,7 +203,8 @@ class VoicePipeline:
             allow_interruptions=allow_interruptions,
             min_endpointing_delay=min_endpointing_delay,
             preemptive_synthesis=True,
-            transcription=AgentTranscriptionOptions(),
+            # the transcript keeps the reply's text as the TTS got it
+            transcription=AgentTranscriptionOptions(sentence_tokenizer=VerbatimSentenceTokenizer()),
             before_llm_cb=self._before_llm,
             before_tts_cb=self._before_tts,
         )

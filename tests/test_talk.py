@@ -709,3 +709,45 @@ async def test_one_reply_is_one_transcript_line_with_the_text_the_tts_got(
         talk.Line("user", "hello there"),
         talk.Line("agent", WRITTEN),  # ... one line
     ]
+
+
+# ----------------------------------------------------------------------------- the reply timeout
+
+LONG = " ".join(f"This is sentence number {i} of a very long answer." for i in range(1, 41))
+
+
+async def test_a_reply_cut_by_the_timeout_is_interrupted_and_reported(clean_env: Path) -> None:
+    """--reply-timeout stops a monologue the way a user would: the reply is interrupted, so
+    its ``turn`` is published (interrupted) and the rest of its text never reaches the TTS."""
+    from tests.loopback.deepgram_server import DeepgramLoopback
+
+    tmp = clean_env
+    question_wav(tmp / "question.wav")
+    reply = Reply(text=LONG, tokens_per_second=40)
+    async with OpenAIServer(lambda body: reply) as oai, DeepgramLoopback() as dg:
+        env = {
+            "OPENAI_BASE_URL": oai.base_url,
+            "OPENAI_API_KEY": "sk-test",
+            "DEEPGRAM_API_KEY": "dg-test",
+            "DEEPGRAM_STT_URL": dg.stt_url,
+            "DEEPGRAM_TTS_URL": dg.tts_url,
+        }
+        config = talk.talk_config(env, dotenv=None)
+        options = talk.TalkOptions(
+            input=tmp / "question.wav",
+            out=tmp / "reply.wav",
+            metrics=tmp / "metrics.jsonl",
+            fast=True,
+            reply_timeout=4,
+        )
+        inputs = await talk.load_inputs(options)
+        result = await talk.run_talk(options, inputs, config, quiet=True)
+        spoken = "".join(m.text for m in dg.speak_messages if m.type == "Speak")
+    assert not result.answered
+    assert len(result.turns) == 1
+    assert result.turns[0]["interrupted"] is True
+    payloads = [m["payload"] for m in metrics_messages(tmp / "metrics.jsonl")]
+    assert payloads[-1]["type"] == "session"
+    assert payloads[-1]["turns"] == 1
+    assert payloads[-1]["interrupted_turns"] == 1
+    assert 0 < len(spoken) < len(LONG) / 2  # synthesis stopped with the reply

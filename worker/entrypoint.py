@@ -21,7 +21,7 @@ from worker.redaction import install_log_redaction
 
 logger = logging.getLogger("worker.entrypoint")
 
-WORKER_NEEDS = (Need.LIVEKIT_SERVER, Need.CLOUD_PROVIDERS)
+WORKER_NEEDS = (Need.LIVEKIT_SERVER, Need.CLOUD_PROVIDERS, Need.PROVIDER_PACKAGES)
 
 LAZY_MODULES = ("httpcore2", "openai.resources.chat.chat", "anyio._backends._asyncio")
 """Modules the openai SDK imports on first use: its HTTP transport when the job builds the LLM

@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
-from worker.config import ConfigError, Settings, load_settings, read_dotenv
+from worker.config import ConfigError, Need, Settings, load_settings, read_dotenv
 
 if TYPE_CHECKING:
     from livekit import rtc
@@ -175,7 +175,7 @@ def talk_config(
     if local_llm:
         overrides["LLM_MODEL"] = LOCAL_MODEL_NAME
     try:
-        settings = load_settings({**env, **overrides}, dotenv=None)
+        settings = load_settings({**env, **overrides}, dotenv=None, needs=(Need.PROVIDER_PACKAGES,))
     except ConfigError as e:
         raise ConfigError([*problems, *e.problems]) from None
     if problems:

@@ -23,7 +23,7 @@ from livekit.agents.pipeline import (
 )
 from livekit.agents.pipeline.speech_handle import SpeechHandle
 from livekit.agents.stt.stream_adapter import StreamAdapter, StreamAdapterWrapper
-from livekit.agents.worker import _DefaultLoadCalc
+from livekit.agents.worker import Worker, _DefaultLoadCalc
 
 from worker.config import load_settings
 from worker.pipeline import adapter
@@ -231,8 +231,9 @@ async def test_the_pipeline_internals_the_adapter_uses_are_there() -> None:
             assert adapter.fallback_recovery_tasks(fallback) == []
             assert isinstance(fallback, llm.FallbackAdapter)
 
-            # the worker's load figure
+            # the worker's load figure, and its drain flag (set by drain(), read per offer)
             assert callable(_DefaultLoadCalc.get_load)
+            assert "self._draining = True" in inspect.getsource(Worker.drain)
         finally:
             await language_model.aclose()
             await text_to_speech.aclose()

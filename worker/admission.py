@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from livekit.agents import JobRequest, Worker
 
-from worker.pipeline.adapter import cpu_load
+from worker.pipeline.adapter import cpu_load, worker_draining
 
 logger = logging.getLogger("worker.admission")
 
@@ -46,6 +46,15 @@ class JobLimiter:
         return min(cpu_load(worker), 1.0)
 
     async def request(self, req: JobRequest) -> None:
+        if self._worker is not None and worker_draining(self._worker):
+            # The server stops offering jobs once it sees the drain; an offer already on its way
+            # must not start a call that the drain would then have to wait for.
+            logger.info(
+                "rejecting job: worker is draining",
+                extra={"job_id": req.id, "room": req.room.name},
+            )
+            await req.reject()
+            return
         if self.running >= self._opts.max_jobs:
             logger.info(
                 "rejecting job: worker is at its job limit",

@@ -266,6 +266,12 @@ class LoopbackLiveKitServer:
             await self._changed.wait_for(lambda: bool(self.workers))
             return self.workers[0]
 
+    async def wait_for_workers(self, count: int) -> list[WorkerConnection]:
+        """The first ``count`` workers that register (a pool of workers on one server)."""
+        async with self._changed:
+            await self._changed.wait_for(lambda: len(self.workers) >= count)
+            return self.workers[:count]
+
     async def wait_for_rejections(self, count: int) -> list[tuple[str, str]]:
         """Wait until ``count`` requests were refused with 401; return all refusals."""
         async with self._changed:

@@ -39,6 +39,8 @@ LLM
   ``FallbackAdapter._status[i].recovering_task``: the background probes of a failed LLM.
 Worker
   ``worker._DefaultLoadCalc``: the framework's CPU load, for the job limiter's load_fnc.
+  ``Worker._draining``: a draining worker (SIGTERM) still answers job offers through
+  request_fnc; the job limiter refuses them (0.12 only stops advertising itself).
 livekit.rtc (the in-process room builds real tracks outside a room)
   ``Track._info.sid``: a track's sid matches its publication; ``Track._ffi_handle``: ending a
   track ends every stream on it, as when a participant unpublishes.
@@ -99,6 +101,7 @@ PRIVATE_MEMBERS: frozenset[str] = frozenset(
         "_vad_stream",
         "_status",
         "_DefaultLoadCalc",
+        "_draining",
         # livekit.rtc
         "_info",
         "_ffi_handle",
@@ -444,6 +447,11 @@ def fallback_recovery_tasks(adapter: llm.FallbackAdapter) -> list[asyncio.Task[N
 def cpu_load(worker: Worker) -> float:
     """The framework's own load figure (CPU over a short window), in [0, 1]."""
     return float(_DefaultLoadCalc.get_load(worker))
+
+
+def worker_draining(worker: Worker) -> bool:
+    """The worker is draining (SIGTERM in ``start``): it must take no new job."""
+    return bool(worker._draining)
 
 
 def set_track_sid(track: rtc.Track, sid: str) -> None:

@@ -1,6 +1,6 @@
 """Write a spoken question to a WAV file with the bundled Piper voice (offline), for ``./try``.
 
-    python -m scripts.sample_question OUT.wav ["question text"]
+python -m scripts.sample_question OUT.wav ["question text"]
 """
 
 from __future__ import annotations

@@ -260,14 +260,25 @@ def _ffmpeg_reason(e: Exception) -> str:
     return str(getattr(e, "strerror", None) or e).strip().rstrip(".")
 
 
+def _loud_samples(audio: InputAudio) -> np.ndarray:
+    """Indexes of the samples above the silence threshold."""
+    magnitude = np.abs(audio.samples.astype(np.int32))
+    peak = int(magnitude.max(initial=0))
+    threshold = max(300, peak // 20)  # -26 dB under the peak, and above a hiss floor
+    return np.flatnonzero(magnitude > threshold)
+
+
+def has_sound(audio: InputAudio) -> bool:
+    """The input is not silence: the agent should hear something in it."""
+    return bool(_loud_samples(audio).size)
+
+
 def trim_silence(audio: InputAudio, *, keep: float = 0.3) -> InputAudio:
     """``--fast``: drop silence at both ends beyond ``keep`` seconds (the microphone goes on
     with silence after the input anyway). Pauses inside the speech are kept: shortening them
     would change where the agent sees a turn end. Returns ``audio`` unchanged if all silent."""
     samples = audio.samples
-    peak = int(np.abs(samples.astype(np.int32)).max(initial=0))
-    threshold = max(300, peak // 20)  # -26 dB under the peak, and above a hiss floor
-    loud = np.flatnonzero(np.abs(samples.astype(np.int32)) > threshold)
+    loud = _loud_samples(audio)
     if loud.size == 0:
         return audio
     margin = round(keep * audio.sample_rate)
@@ -659,6 +670,7 @@ async def _converse(
                 settle=options.settle,
                 grace=options.grace,
                 timeout=options.reply_timeout,
+                expect_speech=has_sound(audio),
             ),
             name="talk.answered",
         )
@@ -726,14 +738,22 @@ async def _feed_camera(camera: VideoFeed, frame: rtc.VideoFrame, fps: float) -> 
 
 
 async def _wait_answered(
-    room: LocalRoom, topic: str, *, settle: float, grace: float, timeout: float
+    room: LocalRoom,
+    topic: str,
+    *,
+    settle: float,
+    grace: float,
+    timeout: float,
+    expect_speech: bool = False,
 ) -> bool:
     """True once the agent is done answering (module docstring), False after ``timeout``.
 
     Done = idle (not thinking or speaking, no user transcript waiting for a reply) and either
     the ``turn`` summary of the last reply is out, or idle has held for ``grace`` seconds (a
     reply without summary, e.g. a greeting: the pipeline commits a reply up to 0.2 s after
-    its playout ends, and the summary follows the commit).
+    its playout ends, and the summary follows the commit). With ``expect_speech`` (the input
+    was not silence), not idle before the user's first final transcript: a cold or busy
+    Whisper can take longer than ``settle`` to transcribe.
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
@@ -751,7 +771,9 @@ async def _wait_answered(
         user_finals = [
             t.at for t in outbox.transcriptions_of(USER_IDENTITY) if t.final and t.text.strip()
         ]
-        return not user_finals or state_at > user_finals[-1]
+        if not user_finals:
+            return not expect_speech
+        return state_at > user_finals[-1]
 
     def reported() -> bool:
         spoke = [at for at, state in states() if state == "speaking"]

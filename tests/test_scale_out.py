@@ -123,9 +123,8 @@ async def test_two_workers_share_the_jobs_by_reported_load_and_status(
         keys.livekit_secret,
     ]
     async with contextlib.AsyncExitStack() as stack:
-        # One after the other, and each with a warm job process before it gets a job: six job
-        # processes prewarming at once on a busy machine can miss the framework's 10 s
-        # initialization timeout, which is about the machine, not about this test.
+        # One after the other, and each with a warm job process before it gets a job: the
+        # waits below then bound one worker's start-up at a time, not six prewarms at once.
         worker_a = await stack.enter_async_context(start_worker(env_a, workdirs[0], port_a, []))
         async with asyncio.timeout(120):
             (first,) = await server.wait_for_workers(1)

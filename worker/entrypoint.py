@@ -77,6 +77,12 @@ async def entrypoint(ctx: JobContext) -> None:
         ctx.shutdown(reason=f"error: {type(e).__name__}")
 
 
+PREWARM_TIMEOUT = 60.0
+"""Seconds a job process may take to start and prewarm. The framework's 10 s kills a process
+that a busy machine made slow, then starts another from zero; all of a worker's idle
+processes prewarm at once at start-up, which is when the machine is busiest."""
+
+
 def worker_options(settings: Settings) -> WorkerOptions:
     limiter = JobLimiter(
         AdmissionOptions(max_jobs=settings.max_jobs, agent_identity=settings.agent_identity)
@@ -91,4 +97,5 @@ def worker_options(settings: Settings) -> WorkerOptions:
         api_key=settings.livekit_api_key.reveal(),
         api_secret=settings.livekit_api_secret.reveal(),
         port=settings.worker_port,
+        initialize_process_timeout=PREWARM_TIMEOUT,
     )

@@ -28,7 +28,11 @@ DOCKERFILE = ROOT / "Dockerfile"
 
 _UNION_KEYS = {"ports", "expose", "depends_on", "volumes", "env_file"}
 """Sequences compose merges across files (the others, e.g. ``command``, are replaced)."""
-_VAR = re.compile(r"\$\{(\w+)(?::?-([^}]*))?\}")
+_VAR = re.compile(r"\$\{(\w+)(?::?([-?])([^}]*))?\}")
+
+
+class MissingVariableError(Exception):
+    """``${NAME:?message}`` with NAME unset: compose refuses to start, printing the message."""
 
 
 def _merge(base: Any, override: Any, key: str = "") -> Any:
@@ -42,10 +46,18 @@ def _merge(base: Any, override: Any, key: str = "") -> Any:
     return override
 
 
+def _substitute(match: re.Match[str], env: Mapping[str, str]) -> str:
+    name, kind, text = match[1], match[2], match[3] or ""
+    if env.get(name):
+        return env[name]
+    if kind == "?":
+        raise MissingVariableError(f"{name}: {text}")
+    return text if kind == "-" else ""
+
+
 def _interpolate(value: Any, env: Mapping[str, str]) -> Any:
     if isinstance(value, str):
-        text = _VAR.sub(lambda m: env.get(m[1]) or (m[2] or ""), value)
-        return text.replace("$$", "$")
+        return _VAR.sub(lambda m: _substitute(m, env), value).replace("$$", "$")
     if isinstance(value, dict):
         return {k: _interpolate(v, env) for k, v in value.items() if not k.startswith("x-")}
     if isinstance(value, list):

@@ -19,6 +19,7 @@ from tests.deploy_files import (
     COMPOSE,
     COMPOSE_LOCAL,
     DOCKERFILE,
+    MissingVariableError,
     command_text,
     compose_config,
     dockerfile_arg_default,
@@ -39,7 +40,7 @@ def test_livekit_yaml_matches_the_worker_defaults() -> None:
     assert f"ws://localhost:{server['port']}" == Settings().livekit_url
     ((key, secret),) = server["keys"].items()
     assert len(secret) >= 32  # livekit-server refuses shorter secrets
-    compose = compose_config(COMPOSE)
+    compose = compose_config(COMPOSE, env=USER_ENV)
     for name in ("agent", "web"):
         env = compose["services"][name]["environment"]
         assert env["LIVEKIT_API_KEY"] == key
@@ -53,7 +54,7 @@ def test_livekit_yaml_matches_the_worker_defaults() -> None:
 
 
 def test_compose_and_dockerfile_agree_on_the_health_port_and_the_drain() -> None:
-    compose = compose_config(COMPOSE)
+    compose = compose_config(COMPOSE, env=USER_ENV)
     agent = compose["services"]["agent"]
     port = agent["environment"]["WORKER_PORT"]
     assert f"127.0.0.1:{port}:{port}" in agent["ports"]
@@ -69,6 +70,9 @@ def test_compose_and_dockerfile_agree_on_the_health_port_and_the_drain() -> None
 
 
 # --- issue 19: the image installs what its configuration selects, and nothing is open -------
+
+USER_ENV = {"WEB_ACCESS_TOKEN": "a-local-web-token-0123456789"}
+"""What a user's .env must hold for compose (no cloud key: the web client's access token)."""
 
 CONFIGS = {
     "cloud": (COMPOSE,),
@@ -88,7 +92,7 @@ def image_extras(service: dict[str, Any]) -> str:
 
 @pytest.mark.parametrize("variant", CONFIGS)
 def test_every_selected_provider_is_installed_by_the_image_that_runs_it(variant: str) -> None:
-    config = compose_config(*CONFIGS[variant])
+    config = compose_config(*CONFIGS[variant], env=USER_ENV)
     services = built_services(config)
     assert {"agent", "web"} <= set(services)
     for name, service in services.items():
@@ -107,7 +111,7 @@ def test_the_check_catches_a_local_provider_on_the_cloud_image() -> None:
 
 
 def test_the_local_variant_runs_offline_without_cloud_keys() -> None:
-    config = compose_config(COMPOSE, COMPOSE_LOCAL)
+    config = compose_config(COMPOSE, COMPOSE_LOCAL, env=USER_ENV)
     agent = config["services"]["agent"]
     env = service_env(agent)
     # The worker's own start-up validation passes with no key but the LiveKit pair.
@@ -124,7 +128,10 @@ def test_the_local_variant_runs_offline_without_cloud_keys() -> None:
 
 @pytest.mark.parametrize("variant", CONFIGS)
 def test_ports_are_published_on_loopback_unless_the_user_opts_in(variant: str) -> None:
-    for env, expected in (({}, "127.0.0.1"), ({"BIND_ADDRESS": "0.0.0.0"}, "0.0.0.0")):
+    for env, expected in (
+        (USER_ENV, "127.0.0.1"),
+        ({**USER_ENV, "BIND_ADDRESS": "0.0.0.0"}, "0.0.0.0"),
+    ):
         config = compose_config(*CONFIGS[variant], env=env)
         published = [p for s in config["services"].values() for p in s.get("ports", [])]
         assert published
@@ -133,7 +140,7 @@ def test_ports_are_published_on_loopback_unless_the_user_opts_in(variant: str) -
 
 @pytest.mark.parametrize("variant", CONFIGS)
 def test_every_service_restarts_and_every_image_is_pinned(variant: str) -> None:
-    config = compose_config(*CONFIGS[variant])
+    config = compose_config(*CONFIGS[variant], env=USER_ENV)
     for name, service in config["services"].items():
         assert service.get("restart") in ("unless-stopped", "always", "on-failure"), name
         if "build" not in service:  # pulled: an exact release, never a moving tag
@@ -143,8 +150,20 @@ def test_every_service_restarts_and_every_image_is_pinned(variant: str) -> None:
     assert (ROOT / "Dockerfile").read_text().count("FROM ${PYTHON_IMAGE}") == 2
 
 
+def test_the_web_client_needs_its_access_token_off_loopback() -> None:
+    # The web server listens on every interface of its container, which it refuses to do
+    # without WEB_ACCESS_TOKEN: compose says so at `up` instead of a restart loop.
+    with pytest.raises(MissingVariableError, match="WEB_ACCESS_TOKEN"):
+        compose_config(COMPOSE)
+    web = compose_config(COMPOSE, env=USER_ENV)["services"]["web"]
+    env = service_env(web)
+    assert env["WEB_ACCESS_TOKEN"] == USER_ENV["WEB_ACCESS_TOKEN"]
+    assert "--host 0.0.0.0" in command_text(web)
+    load_settings(env)  # the web command's own validation of its environment passes
+
+
 def test_the_web_client_and_the_metrics_port_are_served() -> None:
-    config = compose_config(COMPOSE)
+    config = compose_config(COMPOSE, env=USER_ENV)
     web = config["services"]["web"]
     assert "worker web" in command_text(web)
     web_port = re.search(r"--port (\d+)", command_text(web))

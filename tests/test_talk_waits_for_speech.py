@@ -37,7 +37,7 @@ async def _agent_answers(room: LocalRoom) -> None:
 
 
 def _audio(samples: np.ndarray) -> talk.InputAudio:
-    return talk.InputAudio(samples=samples, sample_rate=16000, channels=1, sample_format="PCM")
+    return talk.InputAudio(samples=samples, sample_rate=16000, channels=1, codec="pcm_s16le")
 
 
 def test_sound_is_told_from_silence() -> None:

@@ -60,6 +60,10 @@ def _run_framework(command: str, argv: list[str]) -> None:
 
     from worker.entrypoint import WORKER_NEEDS, worker_options
 
+    if command == "start":
+        from worker.service import parse_start
+
+        start_options = parse_start(argv)  # --help and bad flags end here, before the config
     needs = () if command == "download-files" or "--help" in argv else WORKER_NEEDS
     settings = _settings(needs)
     if settings.tools and needs:
@@ -69,6 +73,11 @@ def _run_framework(command: str, argv: list[str]) -> None:
             load_user_tools(settings.tools)
         except ToolLoadError as e:
             usage_error([str(e)])
+    if command == "start":
+        from worker.service import run_start
+
+        run_start(settings, start_options)
+        return
     sys.argv = [sys.argv[0], command, *argv]
     cli.run_app(worker_options(settings))
 

@@ -10,12 +10,15 @@ import contextlib
 import gc
 import importlib
 import logging
+from collections.abc import Callable
 
 from livekit.agents import JobContext, JobProcess, WorkerOptions
 
-from worker.admission import AdmissionOptions, JobLimiter
+from worker.admission import AdmissionOptions, Decision, JobLimiter
 from worker.config import Need, Settings, load_settings
 from worker.job import run_session
+from worker.job_failures import FAILURE_FIELD, describe
+from worker.metrics.prometheus import job_figures, prometheus_enabled
 from worker.providers.selection import load_vad, prewarm_providers
 from worker.redaction import install_log_redaction
 
@@ -45,6 +48,8 @@ def prewarm(proc: JobProcess) -> None:
     proc.userdata["vad"] = load_vad()
     prewarm_providers(settings)
     import_lazy_modules()
+    if prometheus_enabled():
+        job_figures()  # the families exist (at 0) before the first call
     # What is loaded now lives as long as the process: keep it out of the cyclic collector's
     # full passes (each one walks every object and stalls the event loop, at random moments of
     # a call). Objects the job creates are collected as usual.
@@ -58,6 +63,7 @@ async def entrypoint(ctx: JobContext) -> None:
         settings = load_settings(needs=WORKER_NEEDS)
         install_log_redaction(settings.secrets())
     vad = ctx.proc.userdata.get("vad")
+    tag_job_logs(ctx.job.id, ctx.job.room.name)
     logger.info(
         "job started",
         extra={
@@ -73,14 +79,43 @@ async def entrypoint(ctx: JobContext) -> None:
         # 0.12 keeps a job whose entrypoint raised alive, holding one of the worker's job
         # slots, until something shuts it down (the room never connected, so nothing will):
         # end it now. The job process then exits and its slot is free again.
-        logger.exception("job failed", extra={"job_id": ctx.job.id, "error": type(e).__name__})
+        logger.exception(
+            "job failed",
+            extra={
+                "job_id": ctx.job.id,
+                "room": ctx.job.room.name,
+                "error": type(e).__name__,
+                FAILURE_FIELD: describe(e),  # reported to the server by the main process
+            },
+        )
         ctx.shutdown(reason=f"error: {type(e).__name__}")
 
 
-def worker_options(settings: Settings) -> WorkerOptions:
-    limiter = JobLimiter(
-        AdmissionOptions(max_jobs=settings.max_jobs, agent_identity=settings.agent_identity)
-    )
+class JobTag(logging.Filter):
+    """Puts the job id and room on every log record of a job process that lacks them."""
+
+    def __init__(self, job_id: str, room: str) -> None:
+        super().__init__()
+        self._job_id, self._room = job_id, room
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.__dict__.setdefault("job_id", self._job_id)
+        record.__dict__.setdefault("room", self._room)
+        return True
+
+
+def tag_job_logs(job_id: str, room: str) -> None:
+    """A job process runs one job: tag everything its handlers (the framework's forwarder to
+    the main process) emit from now on."""
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(JobTag(job_id, room))
+
+
+def worker_options(settings: Settings, limiter: JobLimiter | None = None) -> WorkerOptions:
+    """The framework's options for this worker; ``limiter`` decides admission (one is made from
+    the settings if not given)."""
+    if limiter is None:
+        limiter = job_limiter(settings)
     return WorkerOptions(
         entrypoint_fnc=entrypoint,
         prewarm_fnc=prewarm,
@@ -91,4 +126,14 @@ def worker_options(settings: Settings) -> WorkerOptions:
         api_key=settings.livekit_api_key.reveal(),
         api_secret=settings.livekit_api_secret.reveal(),
         port=settings.worker_port,
+        max_retry=settings.worker_max_retry,
+    )
+
+
+def job_limiter(
+    settings: Settings, on_decision: Callable[[Decision], None] | None = None
+) -> JobLimiter:
+    return JobLimiter(
+        AdmissionOptions(max_jobs=settings.max_jobs, agent_identity=settings.agent_identity),
+        on_decision,
     )

@@ -110,6 +110,14 @@ class SessionParts:
             await self.http_session.close()
 
 
+def operator_sinks() -> list[MetricsSink]:
+    """Sinks for the operator's tools, fed the same payloads as the room: Prometheus when the
+    worker exports figures (``worker.service`` turns it on for its job processes)."""
+    from worker.metrics.prometheus import PrometheusSink, prometheus_enabled
+
+    return [PrometheusSink()] if prometheus_enabled() else []
+
+
 def conversation_options(settings: Settings) -> ConversationOptions:
     return ConversationOptions(
         instructions=settings.instructions,
@@ -185,6 +193,7 @@ def build_session(
         [
             RoomSink(room.local_participant, destination_identities=settings.metrics_destinations),
             *extra_sinks,
+            *operator_sinks(),
         ],
         MetricsOptions(topic=settings.metrics_topic),
         data_message_stats=router.stats,

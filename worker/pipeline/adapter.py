@@ -39,6 +39,15 @@ LLM
   ``FallbackAdapter._status[i].recovering_task``: the background probes of a failed LLM.
 Worker
   ``worker._DefaultLoadCalc``: the framework's CPU load, for the job limiter's load_fnc.
+  ``Worker._http_server._app``: the aiohttp application behind the health port (``GET /``);
+  the probes ``/healthz`` and ``/readyz`` are added to it before the worker runs, so they share
+  ``WORKER_PORT`` with 0.12's answer. ``Worker._connecting``: true from the start of a
+  connection attempt until the server accepted the registration (readiness; 0.12 has only the
+  ``worker_registered`` event, nothing for a lost connection). ``Worker._update_job_status``:
+  0.12 reports a job from its process's exit code with an empty error, so a job whose
+  entrypoint raised goes out as ``JS_SUCCESS``; it is replaced by one that reports
+  ``JS_FAILED`` with the error the job process recorded, sent the way 0.12 sends it
+  (``Worker._queue_msg``, which drops it while reconnecting).
 livekit.rtc (the in-process room builds real tracks outside a room)
   ``Track._info.sid``: a track's sid matches its publication; ``Track._ffi_handle``: ending a
   track ends every stream on it, as when a participant unpublishes.
@@ -47,12 +56,16 @@ livekit.rtc (the in-process room builds real tracks outside a room)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 from collections.abc import AsyncIterable, Callable
 from typing import Literal, Protocol
 
+from aiohttp import web
 from livekit import rtc
 from livekit.agents import llm, stt, tts, utils, vad
+from livekit.agents.ipc.job_executor import JobExecutor
+from livekit.agents.ipc.job_executor import JobStatus as JobExecutorStatus
 from livekit.agents.pipeline import AgentTranscriptionOptions, VoicePipelineAgent, pipeline_agent
 from livekit.agents.pipeline.human_input import HumanInput
 from livekit.agents.pipeline.pipeline_agent import SpeechDataContextVar
@@ -60,6 +73,7 @@ from livekit.agents.pipeline.speech_handle import SpeechHandle
 from livekit.agents.stt.stream_adapter import StreamAdapterWrapper
 from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, AgentState, APIConnectOptions
 from livekit.agents.worker import Worker, _DefaultLoadCalc
+from livekit.protocol import agent as agent_proto
 
 from worker.pipeline.transcript_text import VerbatimSentenceTokenizer
 from worker.room_io.microphone import open_microphone
@@ -99,6 +113,11 @@ PRIVATE_MEMBERS: frozenset[str] = frozenset(
         "_vad_stream",
         "_status",
         "_DefaultLoadCalc",
+        "_http_server",
+        "_app",
+        "_connecting",
+        "_update_job_status",
+        "_queue_msg",
         # livekit.rtc
         "_info",
         "_ffi_handle",
@@ -446,6 +465,51 @@ def cpu_load(worker: Worker) -> float:
     return float(_DefaultLoadCalc.get_load(worker))
 
 
+def health_app(worker: Worker) -> web.Application:
+    """The aiohttp application serving the worker's health port (routes may be added until the
+    worker runs)."""
+    app: web.Application = worker._http_server._app
+    return app
+
+
+def worker_connected(worker: Worker) -> bool:
+    """The worker holds a registered connection to the server (false while (re)connecting)."""
+    return not worker._connecting
+
+
+JobFailure = Callable[[str], "str | None"]
+
+
+def report_job_failures(
+    worker: Worker, failure_of: JobFailure, on_finished: Callable[[str, bool], None]
+) -> None:
+    """Report finished jobs as ``JS_FAILED`` with ``failure_of(job_id)`` (the error, or None if
+    the job did not fail), or as 0.12 does (its process's exit code) when there is none;
+    ``on_finished(job_id, failed)`` is called once per finished job."""
+
+    async def update_job_status(proc: JobExecutor) -> None:
+        info = proc.running_job
+        if info is None:
+            return
+        status = {
+            JobExecutorStatus.FAILED: agent_proto.JobStatus.JS_FAILED,
+            JobExecutorStatus.SUCCESS: agent_proto.JobStatus.JS_SUCCESS,
+        }.get(proc.status, agent_proto.JobStatus.JS_RUNNING)
+        error = ""
+        if status != agent_proto.JobStatus.JS_RUNNING:
+            failure = failure_of(info.job.id)
+            if failure is not None:
+                status, error = agent_proto.JobStatus.JS_FAILED, failure
+            elif status == agent_proto.JobStatus.JS_FAILED:
+                error = "job process exited with an error"
+            on_finished(info.job.id, status == agent_proto.JobStatus.JS_FAILED)
+        update = agent_proto.UpdateJobStatus(job_id=info.job.id, status=status, error=error)
+        with contextlib.suppress(utils.aio.ChanClosed):
+            await worker._queue_msg(agent_proto.WorkerMessage(update_job=update))
+
+    worker._update_job_status = update_job_status  # type: ignore[method-assign]
+
+
 def set_track_sid(track: rtc.Track, sid: str) -> None:
     """Give a real track the sid of its publication, as ``LocalParticipant.publish_track`` does
     (tracks created without a room report ``TR_unknown``; transcriptions carry ``track.sid``)."""
@@ -473,8 +537,11 @@ __all__ = [
     "current_sequence_id",
     "end_track",
     "fallback_recovery_tasks",
+    "health_app",
     "played_text",
+    "report_job_failures",
     "set_track_sid",
     "tts_conn_options",
     "without_retries",
+    "worker_connected",
 ]

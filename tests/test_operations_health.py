@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 import signal
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from livekit.protocol import agent
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.loopback.livekit_server import LoopbackLiveKitServer
-from tests.test_faults_process import assign, end_call, keys, status_of  # noqa: F401
+from tests.test_faults_process import assign, end_call, status_of
 from tests.test_worker_protocol import (
     Keys,
     assert_no_secrets,
@@ -49,8 +50,27 @@ async def get(port: int, path: str) -> tuple[int, Any]:
 
 
 async def until(port: int, path: str, expected: tuple[int, Any]) -> None:
-    while await get(port, path) != expected:
+    while True:
+        if await get(port, path) == expected:
+            return
         await asyncio.sleep(0.2)
+
+
+async def until_figure(port: int, name: str, value: float) -> None:
+    while True:
+        if (await figures(port)).get(name) == value:
+            return
+        await asyncio.sleep(0.2)
+
+
+@pytest.fixture
+def keys() -> Keys:
+    return Keys(
+        livekit_key=f"APIops{secrets.token_hex(6)}",
+        livekit_secret=secrets.token_urlsafe(36),
+        deepgram=f"dgops{secrets.token_hex(16)}",
+        openai=f"sk-ops{secrets.token_hex(16)}",
+    )
 
 
 async def figures(port: int) -> dict[str, float]:
@@ -115,8 +135,7 @@ async def test_probes_follow_registration_loss_recovery_and_drain(
             assert failed.status == agent.JS_FAILED
             assert "ConnectError" in failed.error, failed.error
             async with asyncio.timeout(30):
-                while (await figures(prom_port)).get('lk_agent_jobs_total{outcome=failed}') != 1:
-                    await asyncio.sleep(0.2)
+                await until_figure(prom_port, "lk_agent_jobs_total{outcome=failed}", 1)
 
             # a call (its room connection held), then SIGTERM: draining until the call ends
             server.held_rooms.add("room-call")

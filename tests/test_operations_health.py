@@ -134,6 +134,15 @@ async def test_probes_follow_registration_loss_recovery_and_drain(
                 )
             assert failed.status == agent.JS_FAILED
             assert "ConnectError" in failed.error, failed.error
+            # every line the job's process logged carries the job id and the room
+            async with asyncio.timeout(30):
+                logged = await worker.wait_for_log(
+                    lambda r: str(r.get("message", "")).startswith("job failed")
+                )
+            job_lines = [r for r in worker.records if r.get("pid") == logged["pid"]]
+            tagged = [r for r in job_lines if r.get("job_id") == "AJ_doomed"]
+            assert {r.get("room") for r in tagged} == {"room-doomed"}
+            assert len({r["name"] for r in tagged}) >= 2  # ours and the framework's
             async with asyncio.timeout(30):
                 await until_figure(prom_port, "lk_agent_jobs_total{outcome=failed}", 1)
 

@@ -10,12 +10,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from worker.config import ConfigError, Need, Settings, load_settings, usage_error
 from worker.livekit_api import create_dispatch, mint_token, parse_ttl
+from worker.logs import setup_logs
 from worker.redaction import install_log_redaction, redact
 
 FRAMEWORK_COMMANDS = {
@@ -214,7 +216,10 @@ def _talk(argv: list[str]) -> None:
     if problems or inputs is None:
         usage_error(problems)
     install_log_redaction(config.settings.secrets())
-    talk.console_logging()
+    if config.settings.log_format == "json":
+        setup_logs("json", logging.WARNING)  # the transcript on stdout stays readable
+    else:
+        talk.console_logging()
     print(f"providers: {talk.describe_providers(config)}", file=sys.stderr)
     try:
         result = talk.run_stoppable(talk.run_talk(options, inputs, config))

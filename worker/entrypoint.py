@@ -18,6 +18,7 @@ from worker.admission import AdmissionOptions, Decision, JobLimiter
 from worker.config import Need, Settings, load_settings
 from worker.job import run_session
 from worker.job_failures import FAILURE_FIELD, describe
+from worker.logs import JobFields, tag_records
 from worker.metrics.prometheus import job_figures, prometheus_enabled
 from worker.providers.selection import load_vad, prewarm_providers
 from worker.redaction import install_log_redaction
@@ -63,7 +64,7 @@ async def entrypoint(ctx: JobContext) -> None:
         settings = load_settings(needs=WORKER_NEEDS)
         install_log_redaction(settings.secrets())
     vad = ctx.proc.userdata.get("vad")
-    tag_job_logs(ctx.job.id, ctx.job.room.name)
+    tag_records(JobFields(job_id=ctx.job.id, room=ctx.job.room.name))  # one job per process
     logger.info(
         "job started",
         extra={
@@ -89,26 +90,6 @@ async def entrypoint(ctx: JobContext) -> None:
             },
         )
         ctx.shutdown(reason=f"error: {type(e).__name__}")
-
-
-class JobTag(logging.Filter):
-    """Puts the job id and room on every log record of a job process that lacks them."""
-
-    def __init__(self, job_id: str, room: str) -> None:
-        super().__init__()
-        self._job_id, self._room = job_id, room
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.__dict__.setdefault("job_id", self._job_id)
-        record.__dict__.setdefault("room", self._room)
-        return True
-
-
-def tag_job_logs(job_id: str, room: str) -> None:
-    """A job process runs one job: tag everything its handlers (the framework's forwarder to
-    the main process) emit from now on."""
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(JobTag(job_id, room))
 
 
 def worker_options(settings: Settings, limiter: JobLimiter | None = None) -> WorkerOptions:

@@ -28,6 +28,7 @@ from worker.config import Settings
 from worker.entrypoint import job_limiter, worker_options
 from worker.health import Heartbeat, Readiness, add_probes
 from worker.job_failures import JobFailures
+from worker.logs import JobFields, tag_records
 from worker.pipeline.adapter import health_app, report_job_failures, worker_connected
 
 logger = logging.getLogger("worker.service")
@@ -108,6 +109,12 @@ async def _serve(settings: Settings, options: StartOptions) -> int:
     opts.api_key = options.api_key or opts.api_key
     opts.api_secret = options.api_secret or opts.api_secret
     worker = Worker(opts, devmode=False, loop=loop)
+
+    def room_of(job_id: str) -> str | None:
+        running = (j for j in worker.active_jobs if j.job.id == job_id)
+        return next((j.job.room.name for j in running), None)
+
+    tag_records(JobFields(room_of=room_of))  # the framework's lines about a job
 
     readiness = Readiness(connected=lambda: worker_connected(worker), full=lambda: limiter.full)
     worker.on("worker_registered", lambda *_: setattr(readiness, "registered", True))

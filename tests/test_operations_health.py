@@ -208,3 +208,33 @@ def test_the_worker_internals_the_adapter_uses_are_there() -> None:
         assert callable(w._queue_msg)
 
     asyncio.run(build())
+
+
+async def test_a_call_outliving_the_drain_timeout_is_ended_and_the_worker_exits(
+    keys: Keys, tmp_path: Path
+) -> None:
+    async with LoopbackLiveKitServer(keys.livekit_key, keys.livekit_secret) as server:
+        server.held_rooms.add("room-long")
+        port = free_port()
+        env = worker_env(server, keys, port)
+        async with run_worker(env, tmp_path, port, ["--drain-timeout", "3"]) as worker:
+            async with asyncio.timeout(60):
+                conn = await server.wait_for_worker()
+                call = await assign(conn, server, "AJ_long", "room-long")
+                await worker.wait_for_log(is_job_started(call.id))
+            worker.proc.send_signal(signal.SIGTERM)
+            async with asyncio.timeout(30):
+                await until(port, "/readyz", NOT_READY["draining"])
+            # the call goes on past the timeout: the worker ends it and exits cleanly
+            async with asyncio.timeout(90):
+                expired = await worker.wait_for_log(
+                    lambda r: (
+                        r.get("message") == "drain timeout expired: ending the calls still running"
+                    )
+                )
+                assert await worker.wait_exit() == 0
+            assert expired["jobs"] == 1
+            # the job went through its shutdown (the server hears it ended) before the exit
+            assert status_of(conn, call.id)[0] == agent.JS_RUNNING
+            assert status_of(conn, call.id)[-1] != agent.JS_RUNNING
+    assert_no_secrets(worker.text(), keys)

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import multiprocessing
 import os
+import re
 import shutil
 import statistics
 from collections.abc import AsyncIterator
@@ -21,15 +23,18 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from prometheus_client import values
+from prometheus_client import CollectorRegistry, values
 
 from tests.conftest import SessionFactory
 from tests.loopback.openai_server import Reply
 from tests.test_worker_protocol import free_port
+from worker.config import ConfigError, load_settings
 from worker.metrics import prometheus
 from worker.metrics.prometheus import (
     LATENCY_BUCKETS,
     MULTIPROC_ENV,
+    JobFigures,
+    WorkerFigures,
     enable_multiprocess,
     exposition_registry,
     job_figures,
@@ -158,3 +163,69 @@ async def test_prometheus_answers_turn_count_and_latency_quantile(
         # usage counters fed by the same payloads
         assert (await query(api, 'sum(lk_agent_llm_tokens_total{kind="completion"})') or 0) > 0
         assert (await query(api, "sum(lk_agent_tts_characters_total)") or 0) > 0
+
+
+DASHBOARD = (
+    Path(__file__).resolve().parents[1] / "deploy" / "grafana" / "voice-agent-dashboard.json"
+)
+CONTRACT = {
+    "lk_agent_jobs_running",
+    "lk_agent_jobs_total",
+    "lk_agent_turns_total",
+    "lk_agent_turn_e2e_seconds",
+    "lk_agent_end_of_utterance_seconds",
+    "lk_agent_llm_ttft_seconds",
+    "lk_agent_tts_ttfb_seconds",
+    "lk_agent_tool_seconds",
+    "lk_agent_provider_errors_total",
+    "lk_agent_llm_tokens_total",
+    "lk_agent_stt_audio_seconds_total",
+    "lk_agent_tts_characters_total",
+    "lk_agent_vad_slow_inferences_total",
+}
+
+
+def exported_samples() -> set[str]:
+    """Every sample name the worker exports (job families and the main process's)."""
+    registry = CollectorRegistry()
+    JobFigures(registry)
+    worker = WorkerFigures(running=lambda: 0)
+    families = [*registry.collect(), *worker.jobs.collect(), *worker.collector().collect()]
+    counters = {f"{f.name}_total" for f in families if f.type == "counter"}
+    return counters | {s.name for f in families for s in f.samples}
+
+
+def test_the_contract_families_are_exported_and_the_dashboard_uses_only_those() -> None:
+    samples = exported_samples()
+    for family in CONTRACT:
+        kind_suffixes = ("", "_bucket", "_count", "_sum")
+        assert any(family + suffix in samples for suffix in kind_suffixes), family
+    for bucket in (0.2, 0.25, 1.0, 1.95, 2.0):  # 50 ms resolution from 0.2 to 2 s
+        assert bucket in LATENCY_BUCKETS
+    dashboard = json.loads(DASHBOARD.read_text())
+    used = {
+        name
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"lk_agent_[a-z0-9_]+", target["expr"])
+    }
+    assert used
+    assert used <= samples, used - samples
+    assert {re.sub(r"_bucket$", "", n) for n in used} == CONTRACT  # every family is on it
+
+
+def test_bad_operations_settings_are_reported_one_line_each() -> None:
+    env = {
+        "PROMETHEUS_PORT": "metrics",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "collector:4318",
+        "OTEL_INCLUDE_TEXT": "yes",
+        "LOG_FORMAT": "xml",
+        "WORKER_MAX_RETRY": "-1",
+    }
+    with pytest.raises(ConfigError) as e:
+        load_settings(env, dotenv=None)
+    assert sorted(p.split(":")[0] for p in e.value.problems) == sorted(env)
+    ok = load_settings({"PROMETHEUS_PORT": "9464", "LOG_FORMAT": "JSON"}, dotenv=None)
+    assert ok.prometheus_port == 9464
+    assert ok.log_format == "json"
+    assert load_settings({}, dotenv=None).prometheus_port is None

@@ -123,6 +123,10 @@ class JobFigures:
             "VAD inferences in windows whose average inference was slower than real time",
             registry=registry,
         )
+        for outcome in TURN_OUTCOMES:  # exported at 0 from the start: rates work from the first
+            self.turns.labels(outcome)
+        for kind in ("prompt", "completion"):
+            self.llm_tokens.labels(kind)
 
     def observe(self, p: Mapping[str, Any]) -> None:
         """Count one metrics payload (docs/metrics.md)."""

@@ -58,8 +58,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-from collections.abc import AsyncIterable, Callable
-from typing import Literal, Protocol
+from collections.abc import AsyncIterable, Awaitable, Callable
+from typing import Any, Literal, Protocol
 
 from aiohttp import web
 from livekit import rtc
@@ -510,6 +510,24 @@ def report_job_failures(
     worker._update_job_status = update_job_status  # type: ignore[method-assign]
 
 
+def close_before_disconnect(room: rtc.Room, close: Callable[[], Awaitable[None]]) -> None:
+    """Run ``close`` whenever the job's room is about to be disconnected.
+
+    0.12 ends a job it was told to end (the drain timeout expired, the server terminated the
+    job) by disconnecting the room first and running the shutdown callbacks after: a session
+    closed from a callback could no longer send its last metrics. Every disconnect of this room
+    now closes the session first (``close`` must be idempotent)."""
+    disconnect = room.disconnect
+
+    async def close_then_disconnect(**kwargs: Any) -> None:
+        try:
+            await close()
+        finally:
+            await disconnect(**kwargs)
+
+    room.disconnect = close_then_disconnect  # type: ignore[method-assign]
+
+
 def set_track_sid(track: rtc.Track, sid: str) -> None:
     """Give a real track the sid of its publication, as ``LocalParticipant.publish_track`` does
     (tracks created without a room report ``TR_unknown``; transcriptions carry ``track.sid``)."""
@@ -532,6 +550,7 @@ __all__ = [
     "TTSFlush",
     "VADSegmentedSTT",
     "VoicePipeline",
+    "close_before_disconnect",
     "close_pipeline_agent",
     "cpu_load",
     "current_sequence_id",

@@ -191,7 +191,8 @@ async def test_a_server_lost_for_good_ends_the_worker_with_an_error(
 
 
 def test_the_worker_internals_the_adapter_uses_are_there() -> None:
-    """``health_app``, ``worker_connected`` and ``report_job_failures`` rely on these."""
+    """``health_app``, ``worker_connected``, ``report_job_failures`` and ``end_running_jobs``
+    rely on these."""
 
     async def entry(_: Any) -> None:
         return None
@@ -206,6 +207,7 @@ def test_the_worker_internals_the_adapter_uses_are_there() -> None:
         adapter.health_app(w).router.add_get("/probe-check", lambda _: None)  # type: ignore[arg-type, return-value]
         assert callable(w._update_job_status)
         assert callable(w._queue_msg)
+        assert w._proc_pool.processes == []  # job executors, each with running_job and aclose()
 
     asyncio.run(build())
 

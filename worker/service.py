@@ -29,7 +29,12 @@ from worker.entrypoint import job_limiter, worker_options
 from worker.health import Heartbeat, Readiness, add_probes
 from worker.job_failures import JobFailures
 from worker.logs import JobFields, tag_records
-from worker.pipeline.adapter import health_app, report_job_failures, worker_connected
+from worker.pipeline.adapter import (
+    end_running_jobs,
+    health_app,
+    report_job_failures,
+    worker_connected,
+)
 
 logger = logging.getLogger("worker.service")
 
@@ -38,6 +43,8 @@ DRAIN_TIMEOUT = 600
 (terminationGracePeriodSeconds: 600). 0.12.21's own CLI default is 60 s, which cuts calls."""
 
 EXIT_SERVER_LOST = 1
+FINAL_STATUS_GRACE = 0.5
+"""Seconds for the server connection to send the status of jobs ended at the drain timeout."""
 
 
 @dataclass(frozen=True)
@@ -191,6 +198,8 @@ async def _drain(worker: Worker, readiness: Readiness, timeout: int, stop: async
             "drain timeout expired: ending the calls still running",
             extra={"drain_timeout": timeout, "jobs": len(worker.active_jobs)},
         )
+        await end_running_jobs(worker)
+        await asyncio.sleep(FINAL_STATUS_GRACE)  # the connection sends their final status
         return 0
     finally:
         forced.cancel()

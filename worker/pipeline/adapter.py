@@ -47,7 +47,9 @@ Worker
   0.12 reports a job from its process's exit code with an empty error, so a job whose
   entrypoint raised goes out as ``JS_SUCCESS``; it is replaced by one that reports
   ``JS_FAILED`` with the error the job process recorded, sent the way 0.12 sends it
-  (``Worker._queue_msg``, which drops it while reconnecting).
+  (``Worker._queue_msg``, which drops it while reconnecting). ``Worker._proc_pool``: ending
+  the calls still running when the drain times out while the server connection is still up
+  (``Worker.aclose`` cancels the connection first, so the server would never hear they ended).
 livekit.rtc (the in-process room builds real tracks outside a room)
   ``Track._info.sid``: a track's sid matches its publication; ``Track._ffi_handle``: ending a
   track ends every stream on it, as when a participant unpublishes.
@@ -118,6 +120,7 @@ PRIVATE_MEMBERS: frozenset[str] = frozenset(
         "_connecting",
         "_update_job_status",
         "_queue_msg",
+        "_proc_pool",
         # livekit.rtc
         "_info",
         "_ffi_handle",
@@ -510,6 +513,15 @@ def report_job_failures(
     worker._update_job_status = update_job_status  # type: ignore[method-assign]
 
 
+async def end_running_jobs(worker: Worker) -> int:
+    """End every running job through its shutdown path (the job process gets a shutdown
+    request: its session closes and flushes its metrics) and wait until they exited; their
+    final status goes to the server on the still-open connection. Returns how many there were."""
+    running = [p for p in worker._proc_pool.processes if p.running_job is not None]
+    await asyncio.gather(*(p.aclose() for p in running), return_exceptions=True)
+    return len(running)
+
+
 def close_before_disconnect(room: rtc.Room, close: Callable[[], Awaitable[None]]) -> None:
     """Run ``close`` whenever the job's room is about to be disconnected.
 
@@ -554,6 +566,7 @@ __all__ = [
     "close_pipeline_agent",
     "cpu_load",
     "current_sequence_id",
+    "end_running_jobs",
     "end_track",
     "fallback_recovery_tasks",
     "health_app",

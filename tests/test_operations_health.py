@@ -10,6 +10,7 @@ import asyncio
 import json
 import secrets
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from tests.test_worker_protocol import (
     run_worker,
     worker_env,
 )
+from worker.health import Heartbeat
 from worker.pipeline import adapter
 
 pytestmark = pytest.mark.timeout(240)
@@ -224,6 +226,8 @@ async def test_a_call_outliving_the_drain_timeout_is_ended_and_the_worker_exits(
                 conn = await server.wait_for_worker()
                 call = await assign(conn, server, "AJ_long", "room-long")
                 await worker.wait_for_log(is_job_started(call.id))
+            async with asyncio.timeout(30):  # MAX_JOBS=1: no room for another call
+                await until(port, "/readyz", NOT_READY["full"])
             worker.proc.send_signal(signal.SIGTERM)
             async with asyncio.timeout(30):
                 await until(port, "/readyz", NOT_READY["draining"])
@@ -240,3 +244,20 @@ async def test_a_call_outliving_the_drain_timeout_is_ended_and_the_worker_exits(
             assert status_of(conn, call.id)[0] == agent.JS_RUNNING
             assert status_of(conn, call.id)[-1] != agent.JS_RUNNING
     assert_no_secrets(worker.text(), keys)
+
+
+async def test_liveness_fails_when_the_event_loop_was_blocked() -> None:
+    heartbeat = Heartbeat(late_after=1.0)
+    heartbeat.start()
+    try:
+        await asyncio.sleep(0.1)
+        assert heartbeat.late() is None
+        time.sleep(1.5)  # noqa: ASYNC251 - on purpose: the loop is stuck, no heartbeat meanwhile
+        late = heartbeat.late()
+        assert late is not None
+        assert late >= 1.5
+        await asyncio.sleep(0.3)  # the loop runs again: so does the heartbeat
+        assert heartbeat.late() is None
+    finally:
+        await heartbeat.aclose()
+    assert heartbeat.late() is not None  # a stopped heartbeat is never alive

@@ -50,8 +50,9 @@ class Readiness:
 class Heartbeat:
     """A task ticking on the event loop; late ticks mean a loop too busy to serve calls."""
 
-    def __init__(self) -> None:
+    def __init__(self, late_after: float = HEARTBEAT_LATE) -> None:
         self.last = time.monotonic()
+        self._late_after = late_after
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -60,12 +61,12 @@ class Heartbeat:
     async def _run(self) -> None:
         while True:
             self.last = time.monotonic()
-            await asyncio.sleep(HEARTBEAT_INTERVAL)
+            await asyncio.sleep(min(HEARTBEAT_INTERVAL, self._late_after / 4))
 
     def late(self) -> float | None:
-        """Seconds the heartbeat is overdue beyond :data:`HEARTBEAT_LATE`, or None."""
+        """Seconds since the last heartbeat if it is late (or the heartbeat stopped), else None."""
         age = time.monotonic() - self.last
-        return age if self._task is None or self._task.done() or age > HEARTBEAT_LATE else None
+        return age if self._task is None or self._task.done() or age > self._late_after else None
 
     async def aclose(self) -> None:
         if self._task is not None:

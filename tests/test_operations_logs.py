@@ -44,7 +44,7 @@ async def token_request_logs(log_format: str | None, tmp_path: Path) -> tuple[st
                 url = line.split()[1].rstrip("/")
                 break
         async with aiohttp.ClientSession() as http:
-            resp = await http.post(f"{url}/api/token", json={"room": "log-room"})
+            resp = await http.post(f"{url}/api/token", json={"room": "web-log-room"})
             assert resp.status == 200, await resp.text()
         proc.terminate()
         _, err = await asyncio.wait_for(proc.communicate(), 30)
@@ -61,7 +61,7 @@ async def test_web_logs_json_lines_with_log_format_json(tmp_path: Path) -> None:
     records = [json.loads(line) for line in lines]  # every line is one JSON object
     issued = [r for r in records if r.get("message") == "token issued"]
     assert len(issued) == 1, err
-    assert issued[0]["room"].endswith("log-room")
+    assert issued[0]["room"] == "web-log-room"
     assert issued[0]["level"] == "INFO"
     assert secret not in err
 

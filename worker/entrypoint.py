@@ -10,6 +10,7 @@ import contextlib
 import gc
 import importlib
 import logging
+import os
 from collections.abc import Callable
 
 from livekit.agents import JobContext, JobProcess, WorkerOptions
@@ -19,7 +20,7 @@ from worker.config import Need, Settings, load_settings
 from worker.job import run_session
 from worker.job_failures import FAILURE_FIELD, describe
 from worker.logs import JobFields, tag_records
-from worker.metrics.prometheus import job_figures, prometheus_enabled
+from worker.metrics import MULTIPROC_ENV
 from worker.providers.selection import load_vad, prewarm_providers
 from worker.redaction import install_log_redaction
 
@@ -49,8 +50,10 @@ def prewarm(proc: JobProcess) -> None:
     proc.userdata["vad"] = load_vad()
     prewarm_providers(settings)
     import_lazy_modules()
-    if prometheus_enabled():
-        job_figures()  # the families exist (at 0) before the first call
+    if os.environ.get(MULTIPROC_ENV):  # `start` exports figures: they exist (at 0) from now
+        from worker.metrics.prometheus import job_figures
+
+        job_figures()
     # What is loaded now lives as long as the process: keep it out of the cyclic collector's
     # full passes (each one walks every object and stalls the event loop, at random moments of
     # a call). Objects the job creates are collected as usual.

@@ -8,6 +8,7 @@ so they run the same code.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -18,6 +19,7 @@ from livekit.agents import llm, stt, tts
 from livekit.agents import vad as agents_vad
 
 from worker.config import Settings
+from worker.metrics import MULTIPROC_ENV
 from worker.metrics.collector import MetricsOptions, MetricsSink, RoomSink, SessionMetrics
 from worker.pipeline.adapter import VADSegmentedSTT, VoicePipeline
 from worker.pipeline.conversation import (
@@ -123,9 +125,11 @@ def operator_sinks(traces: TraceSink | None) -> list[MetricsSink]:
     """Sinks for the operator's tools, fed the same payloads as the room: Prometheus when the
     worker exports figures (``worker.service`` turns it on for its job processes), traces when
     ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set."""
-    from worker.metrics.prometheus import PrometheusSink, prometheus_enabled
+    sinks: list[MetricsSink] = []
+    if os.environ.get(MULTIPROC_ENV):
+        from worker.metrics.prometheus import PrometheusSink
 
-    sinks: list[MetricsSink] = [PrometheusSink()] if prometheus_enabled() else []
+        sinks.append(PrometheusSink())
     return [*sinks, traces] if traces is not None else sinks
 
 

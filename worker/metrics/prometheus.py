@@ -34,7 +34,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+from worker.metrics import MULTIPROC_ENV
 
 LATENCY_BUCKETS: tuple[float, ...] = (
     0.05,
@@ -182,10 +182,6 @@ def job_figures() -> JobFigures:
         join_multiprocess()
         _figures = JobFigures()
     return _figures
-
-
-def prometheus_enabled() -> bool:
-    return bool(os.environ.get(MULTIPROC_ENV))
 
 
 class PrometheusSink:

@@ -10,6 +10,7 @@ import asyncio
 import json
 import secrets
 import signal
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -261,3 +262,19 @@ async def test_liveness_fails_when_the_event_loop_was_blocked() -> None:
     finally:
         await heartbeat.aclose()
     assert heartbeat.late() is not None  # a stopped heartbeat is never alive
+
+
+async def test_a_busy_prometheus_port_is_a_usage_error(keys: Keys, tmp_path: Path) -> None:
+    server = LoopbackLiveKitServer(keys.livekit_key, keys.livekit_secret)
+    port = free_port()
+    with socket.socket() as busy:
+        busy.bind(("0.0.0.0", 0))
+        busy.listen()
+        env = worker_env(server, keys, port)
+        env.update(LIVEKIT_URL=f"ws://127.0.0.1:{free_port()}")
+        env["PROMETHEUS_PORT"] = str(busy.getsockname()[1])
+        async with run_worker(env, tmp_path, port) as worker:
+            async with asyncio.timeout(60):
+                assert await worker.wait_exit() == 2
+    assert f"error: PROMETHEUS_PORT: cannot listen on {env['PROMETHEUS_PORT']}" in worker.text()
+    assert "Traceback" not in worker.text()

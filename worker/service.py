@@ -19,12 +19,14 @@ import signal
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 from livekit.agents import Worker
 from livekit.agents.cli.log import setup_logging
 
-from worker.config import Settings
+from worker.admission import Decision
+from worker.config import Settings, usage_error
 from worker.entrypoint import job_limiter, worker_options
 from worker.health import Heartbeat, Readiness, add_probes
 from worker.job_failures import JobFailures
@@ -35,6 +37,9 @@ from worker.pipeline.adapter import (
     report_job_failures,
     worker_connected,
 )
+
+if TYPE_CHECKING:
+    from worker.metrics.prometheus import WorkerFigures
 
 logger = logging.getLogger("worker.service")
 
@@ -102,15 +107,19 @@ def run_start(settings: Settings, options: StartOptions) -> None:
 async def _serve(settings: Settings, options: StartOptions) -> int:
     loop = asyncio.get_running_loop()
     metrics_dir: tempfile.TemporaryDirectory[str] | None = None
-    figures = None
+    figures: WorkerFigures | None = None
     if settings.prometheus_port is not None:
         from worker.metrics.prometheus import WorkerFigures, enable_multiprocess
 
         metrics_dir = tempfile.TemporaryDirectory(prefix="lk-agent-metrics-")
         enable_multiprocess(Path(metrics_dir.name))  # before any job process is spawned
-    limiter = job_limiter(
-        settings, on_decision=lambda d: figures.jobs.labels(d).inc() if figures else None
-    )
+        figures = WorkerFigures(running=lambda: len(worker.active_jobs))
+
+    def decided(decision: Decision) -> None:
+        if figures is not None:
+            figures.jobs.labels(decision).inc()
+
+    limiter = job_limiter(settings, on_decision=decided)
     opts = worker_options(settings, limiter)
     opts.ws_url = options.url or opts.ws_url
     opts.api_key = options.api_key or opts.api_key
@@ -138,15 +147,20 @@ async def _serve(settings: Settings, options: StartOptions) -> int:
     report_job_failures(worker, failures.pop, finished)
 
     metrics_runner: web.AppRunner | None = None
-    if settings.prometheus_port is not None:
+    if figures is not None and settings.prometheus_port is not None:
         from worker.metrics.prometheus import exposition_registry, metrics_app
 
-        figures = WorkerFigures(running=lambda: len(worker.active_jobs))
         metrics_runner = web.AppRunner(
             metrics_app(exposition_registry([figures.collector()])), handle_signals=False
         )
         await metrics_runner.setup()
-        await web.TCPSite(metrics_runner, opts.host or None, settings.prometheus_port).start()
+        try:
+            await web.TCPSite(metrics_runner, opts.host or None, settings.prometheus_port).start()
+        except OSError as e:
+            await metrics_runner.cleanup()
+            if metrics_dir is not None:
+                metrics_dir.cleanup()
+            usage_error([f"PROMETHEUS_PORT: cannot listen on {settings.prometheus_port}: {e}"])
 
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -161,8 +175,9 @@ async def _serve(settings: Settings, options: StartOptions) -> int:
         if run.done():
             error = run.exception()
             code = EXIT_SERVER_LOST
+            lost = isinstance(error, RuntimeError) and "failed to connect" in str(error)
             logger.error(
-                "lost the LiveKit server for good, exiting",
+                "lost the LiveKit server for good, exiting" if lost else "worker failed, exiting",
                 extra={"error": str(error) if error else "worker stopped", "url": opts.ws_url},
             )
         else:

@@ -12,6 +12,7 @@ replayed step by step.
 from __future__ import annotations
 
 import asyncio
+import gc
 from typing import Any
 
 import pytest
@@ -119,3 +120,4 @@ async def test_a_call_ended_by_the_drain_timeout_closes_its_session_and_flushes_
         await room.aclose()
         await dg.aclose()
         await oai.stop()
+        gc.collect()  # finalize the job's leftovers here, not inside a later test

@@ -36,6 +36,10 @@ the first reply they would stall the job's event loop on the voice path (tests/t
 checks that a first request imports nothing more). Missing names are skipped."""
 
 
+PREWARM_TIMEOUT = 30.0
+"""Seconds a job process may take to prewarm before the framework kills it."""
+
+
 def import_lazy_modules() -> None:
     for name in LAZY_MODULES:
         with contextlib.suppress(ImportError):
@@ -111,6 +115,10 @@ def worker_options(settings: Settings, limiter: JobLimiter | None = None) -> Wor
         api_secret=settings.livekit_api_secret.reveal(),
         port=settings.worker_port,
         max_retry=settings.worker_max_retry,
+        # Prewarm loads the VAD and the provider clients: on a busy host (several workers
+        # starting at once in a rollout) it can take longer than 0.12's 10 s, which then kills
+        # and restarts the process in a loop and never takes a job.
+        initialize_process_timeout=PREWARM_TIMEOUT,
     )
 
 

@@ -31,6 +31,7 @@ from tests.deploy_files import (
     uninstalled,
 )
 from worker.config import Need, Settings, load_settings
+from worker.service import DRAIN_TIMEOUT
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -59,7 +60,7 @@ def test_compose_and_dockerfile_agree_on_the_health_port_and_the_drain() -> None
     port = agent["environment"]["WORKER_PORT"]
     assert f"127.0.0.1:{port}:{port}" in agent["ports"]
     grace = int(agent["stop_grace_period"].rstrip("s"))
-    assert grace > 60  # the framework drains running calls for up to 60 s on SIGTERM
+    assert grace > DRAIN_TIMEOUT  # `start` drains running calls for up to this long on SIGTERM
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert f"EXPOSE {port}" in dockerfile
     assert re.search(r"^USER (?!root)\w+", dockerfile, re.M)

@@ -125,6 +125,7 @@ def test_llm_payload() -> None:
         "completion_tokens": 25,
         "cancelled": False,
         "label": "plugins.openai_llm.LLM",
+        "error": None,
     }
 
 

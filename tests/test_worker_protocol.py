@@ -16,7 +16,7 @@ import secrets
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -145,7 +145,7 @@ def worker_env(server: LoopbackLiveKitServer, keys: Keys, health_port: int) -> d
 
 @contextlib.asynccontextmanager
 async def run_worker(
-    env: dict[str, str], cwd: Path, health_port: int
+    env: dict[str, str], cwd: Path, health_port: int, args: Sequence[str] = ()
 ) -> AsyncIterator[WorkerProcess]:
     # cwd is an empty directory, so no developer .env file is read.
     proc = await asyncio.create_subprocess_exec(
@@ -153,6 +153,7 @@ async def run_worker(
         "-m",
         "worker",
         "start",
+        *args,
         env=env,
         cwd=cwd,
         stdout=asyncio.subprocess.PIPE,

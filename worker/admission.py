@@ -9,7 +9,9 @@ past the limit between two load updates.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 from livekit.agents import JobRequest, Worker
 
@@ -23,15 +25,33 @@ class AdmissionOptions:
     max_jobs: int
     agent_identity: str
     agent_display_name: str = "Agent"
+    load_threshold: float = 0.75
+    """The framework's production threshold: at or above it the server offers no jobs."""
+
+
+Decision = Literal["accepted", "rejected"]
 
 
 class JobLimiter:
     """``request_fnc`` + ``load_fnc`` pair enforcing ``max_jobs`` running jobs per worker."""
 
-    def __init__(self, options: AdmissionOptions) -> None:
+    def __init__(
+        self, options: AdmissionOptions, on_decision: Callable[[Decision], None] | None = None
+    ) -> None:
         self._opts = options
         self._worker: Worker | None = None
         self._pending = 0
+        self._last_load = 0.0
+        self._on_decision = on_decision
+
+    @property
+    def full(self) -> bool:
+        """No job would be taken now (job limit reached, or load at the threshold)."""
+        return self.running >= self._opts.max_jobs or self._last_load >= self._opts.load_threshold
+
+    def _decided(self, decision: Decision) -> None:
+        if self._on_decision is not None:
+            self._on_decision(decision)
 
     @property
     def running(self) -> int:
@@ -42,8 +62,10 @@ class JobLimiter:
         """Worker load in [0, 1]: CPU load, or 1.0 once the job limit is reached."""
         self._worker = worker
         if self.running >= self._opts.max_jobs:
-            return 1.0
-        return min(cpu_load(worker), 1.0)
+            self._last_load = 1.0
+        else:
+            self._last_load = min(cpu_load(worker), 1.0)
+        return self._last_load
 
     async def request(self, req: JobRequest) -> None:
         if self._worker is not None and worker_draining(self._worker):
@@ -61,6 +83,7 @@ class JobLimiter:
                 extra={"job_id": req.id, "room": req.room.name, "max_jobs": self._opts.max_jobs},
             )
             await req.reject()
+            self._decided("rejected")
             return
         self._pending += 1
         try:
@@ -69,5 +92,6 @@ class JobLimiter:
                 name=self._opts.agent_display_name,
                 identity=self._opts.agent_identity,  # empty: the framework's "agent-<job id>"
             )
+            self._decided("accepted")
         finally:
             self._pending -= 1

@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import dataclasses
 import json
+import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -30,6 +31,7 @@ from worker.config import (
     usage_error,
 )
 from worker.livekit_api import create_dispatch, mint_token, parse_ttl
+from worker.logs import setup_logs
 from worker.redaction import install_log_redaction, redact
 
 FRAMEWORK_COMMANDS = {
@@ -109,6 +111,10 @@ def _run_framework(command: str, argv: list[str]) -> None:
     from worker.entrypoint import WORKER_NEEDS, worker_options
 
     argv = ["--help" if arg == "-h" else arg for arg in argv]  # click knows only --help
+    if command == "start":
+        from worker.service import parse_start
+
+        start_options = parse_start(argv)  # --help and bad flags end here, before the config
     needs = () if command == "download-files" or "--help" in argv else WORKER_NEEDS
     settings = _settings(needs)
     if command in LOCAL_PORT_COMMANDS and not os.environ.get("WORKER_PORT", "").strip():
@@ -120,6 +126,11 @@ def _run_framework(command: str, argv: list[str]) -> None:
             load_user_tools(settings.tools)
         except ToolLoadError as e:
             usage_error([str(e)])
+    if command == "start":
+        from worker.service import run_start
+
+        run_start(settings, start_options)
+        return
     sys.argv = [sys.argv[0], command, *argv]
     cli.run_app(worker_options(settings))
 
@@ -258,7 +269,10 @@ def _talk(argv: list[str]) -> None:
     if problems or inputs is None:
         usage_error(problems)
     install_log_redaction(config.settings.secrets())
-    talk.console_logging()
+    if config.settings.log_format == "json":
+        setup_logs("json", logging.WARNING)  # the transcript on stdout stays readable
+    else:
+        talk.console_logging()
     print(f"providers: {talk.describe_providers(config)}", file=sys.stderr)
     try:
         result = talk.run_stoppable(talk.run_talk(options, inputs, config))

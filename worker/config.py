@@ -27,6 +27,7 @@ DEFAULT_METRICS_TOPIC = "agent.metrics"
 
 SttProvider = Literal["deepgram", "whisper"]
 TtsProvider = Literal["deepgram", "piper"]
+LogFormat = Literal["text", "json"]
 
 
 class Secret:
@@ -124,6 +125,11 @@ class Settings:
     web_access_token: Secret = field(default_factory=lambda: Secret(""))
     max_tool_calls: int = 8  # per LLM response; the rest get an error result
     allow_say: bool = False  # the `say` control message
+    prometheus_port: int | None = None  # None: no /metrics endpoint
+    worker_max_retry: int = 16  # connection attempts before the worker gives up (0.12's)
+    otel_endpoint: str = ""  # OTLP/HTTP base URL; empty: no traces
+    otel_include_text: bool = False
+    log_format: LogFormat = "text"  # talk/web; `start` always logs JSON lines
 
     def secrets(self) -> list[str]:
         """The secret values in force (for redaction filters and tests)."""
@@ -398,6 +404,17 @@ class _Parser:
             metrics_destinations=self._identities("METRICS_DESTINATIONS"),
             max_jobs=self._int("MAX_JOBS", d.max_jobs, 1, 1000),
             worker_port=self._int("WORKER_PORT", d.worker_port, 0, 65535),
+            prometheus_port=(
+                self._int("PROMETHEUS_PORT", 0, 1, 65535)
+                if self._get("PROMETHEUS_PORT") is not None
+                else None
+            ),
+            worker_max_retry=self._int("WORKER_MAX_RETRY", d.worker_max_retry, 0, 1000),
+            otel_endpoint=self._url("OTEL_EXPORTER_OTLP_ENDPOINT", "", ("http", "https")),
+            otel_include_text=self._choice("OTEL_INCLUDE_TEXT", "0", ("0", "1")) == "1",
+            log_format=self._choice(  # type: ignore[arg-type]
+                "LOG_FORMAT", d.log_format, ("text", "json")
+            ),
             end_of_turn_delay_ms=self._int(
                 "END_OF_TURN_DELAY_MS",
                 # Whisper's transcript comes after the VAD's end of speech (it transcribes the

@@ -10,12 +10,17 @@ import contextlib
 import gc
 import importlib
 import logging
+import os
+from collections.abc import Callable
 
 from livekit.agents import JobContext, JobProcess, WorkerOptions
 
-from worker.admission import AdmissionOptions, JobLimiter
+from worker.admission import AdmissionOptions, Decision, JobLimiter
 from worker.config import Need, Settings, load_settings
 from worker.job import run_session
+from worker.job_failures import FAILURE_FIELD, describe
+from worker.logs import JobFields, tag_records
+from worker.metrics import MULTIPROC_ENV
 from worker.providers.selection import load_vad, prewarm_providers
 from worker.redaction import install_log_redaction
 
@@ -29,6 +34,12 @@ client, its chat resource (``openai.resources.chat`` only names it: the package 
 ``chat.chat`` and the completions resource on first access) on the first request. Imported at
 the first reply they would stall the job's event loop on the voice path (tests/test_prewarm.py
 checks that a first request imports nothing more). Missing names are skipped."""
+
+
+PREWARM_TIMEOUT = 60.0
+"""Seconds a job process may take to start and prewarm. The framework's 10 s kills a process
+that a busy machine made slow, then starts another from zero; all of a worker's idle
+processes prewarm at once at start-up, which is when the machine is busiest."""
 
 
 def import_lazy_modules() -> None:
@@ -45,6 +56,10 @@ def prewarm(proc: JobProcess) -> None:
     proc.userdata["vad"] = load_vad()
     prewarm_providers(settings)
     import_lazy_modules()
+    if os.environ.get(MULTIPROC_ENV):  # `start` exports figures: they exist (at 0) from now
+        from worker.metrics.prometheus import job_figures
+
+        job_figures()
     # What is loaded now lives as long as the process: keep it out of the cyclic collector's
     # full passes (each one walks every object and stalls the event loop, at random moments of
     # a call). Objects the job creates are collected as usual.
@@ -58,6 +73,7 @@ async def entrypoint(ctx: JobContext) -> None:
         settings = load_settings(needs=WORKER_NEEDS)
         install_log_redaction(settings.secrets())
     vad = ctx.proc.userdata.get("vad")
+    tag_records(JobFields(job_id=ctx.job.id, room=ctx.job.room.name))  # one job per process
     logger.info(
         "job started",
         extra={
@@ -73,20 +89,23 @@ async def entrypoint(ctx: JobContext) -> None:
         # 0.12 keeps a job whose entrypoint raised alive, holding one of the worker's job
         # slots, until something shuts it down (the room never connected, so nothing will):
         # end it now. The job process then exits and its slot is free again.
-        logger.exception("job failed", extra={"job_id": ctx.job.id, "error": type(e).__name__})
+        logger.exception(
+            "job failed",
+            extra={
+                "job_id": ctx.job.id,
+                "room": ctx.job.room.name,
+                "error": type(e).__name__,
+                FAILURE_FIELD: describe(e),  # reported to the server by the main process
+            },
+        )
         ctx.shutdown(reason=f"error: {type(e).__name__}")
 
 
-PREWARM_TIMEOUT = 60.0
-"""Seconds a job process may take to start and prewarm. The framework's 10 s kills a process
-that a busy machine made slow, then starts another from zero; all of a worker's idle
-processes prewarm at once at start-up, which is when the machine is busiest."""
-
-
-def worker_options(settings: Settings) -> WorkerOptions:
-    limiter = JobLimiter(
-        AdmissionOptions(max_jobs=settings.max_jobs, agent_identity=settings.agent_identity)
-    )
+def worker_options(settings: Settings, limiter: JobLimiter | None = None) -> WorkerOptions:
+    """The framework's options for this worker; ``limiter`` decides admission (one is made from
+    the settings if not given)."""
+    if limiter is None:
+        limiter = job_limiter(settings)
     return WorkerOptions(
         entrypoint_fnc=entrypoint,
         prewarm_fnc=prewarm,
@@ -97,5 +116,15 @@ def worker_options(settings: Settings) -> WorkerOptions:
         api_key=settings.livekit_api_key.reveal(),
         api_secret=settings.livekit_api_secret.reveal(),
         port=settings.worker_port,
+        max_retry=settings.worker_max_retry,
         initialize_process_timeout=PREWARM_TIMEOUT,
+    )
+
+
+def job_limiter(
+    settings: Settings, on_decision: Callable[[Decision], None] | None = None
+) -> JobLimiter:
+    return JobLimiter(
+        AdmissionOptions(max_jobs=settings.max_jobs, agent_identity=settings.agent_identity),
+        on_decision,
     )

@@ -10,6 +10,7 @@ from livekit.agents import vad as agents_vad
 from livekit.protocol import agent as agent_proto
 
 from worker.config import Settings
+from worker.pipeline.adapter import close_before_disconnect
 from worker.session import SessionParts, build_session
 
 logger = logging.getLogger("worker.job")
@@ -36,7 +37,14 @@ async def run_session(ctx: JobContext, settings: Settings, *, vad: agents_vad.VA
     participant = await ctx.wait_for_participant(identity=requested_identity(ctx.job))
     logger.info("talking with participant", extra={"identity": participant.identity})
     parts: SessionParts = build_session(ctx.room, participant.identity, settings, vad=vad)
-    ctx.add_shutdown_callback(parts.aclose)
+
+    async def close_session(reason: str) -> None:
+        # A plain function: 0.12 counts a bound method's ``self`` as the reason argument
+        # (``__code__.co_argcount``) and would call ``parts.aclose(reason)``, which raises.
+        await parts.aclose()
+
+    ctx.add_shutdown_callback(close_session)
+    close_before_disconnect(ctx.room, parts.aclose)  # a job ended from outside (drain timeout)
     await parts.start()
     reason = await parts.conversation.wait_done()
     logger.info("conversation ended", extra={"reason": reason})

@@ -8,8 +8,10 @@ so they run the same code.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import aiohttp
 from livekit import rtc
@@ -17,6 +19,7 @@ from livekit.agents import llm, stt, tts
 from livekit.agents import vad as agents_vad
 
 from worker.config import Settings
+from worker.metrics import MULTIPROC_ENV
 from worker.metrics.collector import MetricsOptions, MetricsSink, RoomSink, SessionMetrics
 from worker.pipeline.adapter import VADSegmentedSTT, VoicePipeline
 from worker.pipeline.conversation import (
@@ -42,14 +45,19 @@ from worker.tools.builtin import BuiltinTools
 from worker.tools.loading import load_user_tools, merge_tools
 from worker.tools.runner import ToolRunningLLM, ToolRunningLLMOptions
 
+if TYPE_CHECKING:
+    from worker.metrics.traces import TraceSink
+
 logger = logging.getLogger("worker.session")
 
 
 class MetricsObserver:
-    """Feeds the conversation's observations to the session metrics (turn summaries)."""
+    """Feeds the conversation's observations to the session metrics (turn summaries) and, with
+    traces on, what the payloads do not carry to the trace sink (tool calls, text)."""
 
-    def __init__(self, metrics: SessionMetrics) -> None:
+    def __init__(self, metrics: SessionMetrics, traces: TraceSink | None = None) -> None:
         self._metrics = metrics
+        self._traces = traces
 
     def on_metrics(self, metrics: object) -> None:
         self._metrics.collect(metrics)  # type: ignore[arg-type]
@@ -64,6 +72,9 @@ class MetricsObserver:
         self._metrics.turns.first_audio(sequence_id, at)
 
     def on_reply_finished(self, reply: FinishedReply) -> None:
+        if self._traces is not None:  # before the turn payload, which closes the turn's span
+            self._traces.tool_calls(reply.sequence_id, reply.tool_calls)
+            self._traces.reply_text(reply.sequence_id, reply.user_text, reply.agent_text)
         self._metrics.turns.reply_finished(
             reply.sequence_id,
             reply.interrupted,
@@ -108,6 +119,26 @@ class SessionParts:
         await self.stt.aclose()
         if self.http_session is not None:
             await self.http_session.close()
+
+
+def operator_sinks(traces: TraceSink | None) -> list[MetricsSink]:
+    """Sinks for the operator's tools, fed the same payloads as the room: Prometheus when the
+    worker exports figures (``worker.service`` turns it on for its job processes), traces when
+    ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set."""
+    sinks: list[MetricsSink] = []
+    if os.environ.get(MULTIPROC_ENV):
+        from worker.metrics.prometheus import PrometheusSink
+
+        sinks.append(PrometheusSink())
+    return [*sinks, traces] if traces is not None else sinks
+
+
+def session_traces(settings: Settings) -> TraceSink | None:
+    if not settings.otel_endpoint:
+        return None
+    from worker.metrics.traces import trace_sink
+
+    return trace_sink(settings.otel_endpoint, include_text=settings.otel_include_text)
 
 
 def conversation_options(settings: Settings) -> ConversationOptions:
@@ -181,10 +212,12 @@ def build_session(
         min_endpointing_delay=opts.min_endpointing_delay,
     )
     router = DataMessageRouter()
+    traces = session_traces(settings)
     metrics = SessionMetrics(
         [
             RoomSink(room.local_participant, destination_identities=settings.metrics_destinations),
             *extra_sinks,
+            *operator_sinks(traces),
         ],
         MetricsOptions(topic=settings.metrics_topic),
         data_message_stats=router.stats,
@@ -201,7 +234,7 @@ def build_session(
         tool_llm=tool_llm,
         ending=ending,
         options=opts,
-        observer=MetricsObserver(metrics),
+        observer=MetricsObserver(metrics, traces),
     )
 
     router.on_control(

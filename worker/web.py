@@ -48,6 +48,7 @@ from aiohttp.typedefs import Handler, Middleware
 
 from worker.config import ConfigError, Settings, load_settings, normalise_host, usage_error
 from worker.livekit_api import mint_token
+from worker.logs import setup_logs
 from worker.rate_limit import RateLimit
 from worker.redaction import install_log_redaction
 
@@ -371,7 +372,7 @@ def web_command(argv: list[str]) -> None:
     if problems:
         usage_error(problems)
     install_log_redaction(settings.secrets())
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logs(settings.log_format, logging.INFO)
     if not tokens_enabled(settings):
         print(f"note: {tokens_disabled_reason(settings)}; the page cannot connect.", flush=True)
     try:

@@ -219,14 +219,15 @@ class LoopbackLiveKitServer:
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
-    async def start(self) -> None:
+    async def start(self, port: int = 0) -> None:
+        """Listen on ``port`` (0: a free one; pass :attr:`port` to come back after aclose)."""
         app = web.Application()
         app.router.add_get(WORKER_PATH, self._worker_ws)
         app.router.add_get(RTC_PATH, self._rtc_ws)
         app.router.add_post(DISPATCH_PATH, self._create_dispatch)
         self._runner = web.AppRunner(app, handle_signals=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", port)
         await site.start()
         self._port = self._runner.addresses[0][1]
 

@@ -78,6 +78,7 @@ def metric_payload(m: AgentMetrics) -> Payload | None:
         p["completion_tokens"] = m.completion_tokens if measured else None
         p["cancelled"] = m.cancelled
         p["label"] = m.label
+        p["error"] = error_name(m.error)
         return p
     if isinstance(m, TTSMetrics):
         p = envelope("tts", m.timestamp)

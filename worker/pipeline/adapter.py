@@ -41,6 +41,17 @@ Worker
   ``worker._DefaultLoadCalc``: the framework's CPU load, for the job limiter's load_fnc.
   ``Worker._draining``: a draining worker (SIGTERM) still answers job offers through
   request_fnc; the job limiter refuses them (0.12 only stops advertising itself).
+  ``Worker._http_server._app``: the aiohttp application behind the health port (``GET /``);
+  the probes ``/healthz`` and ``/readyz`` are added to it before the worker runs, so they share
+  ``WORKER_PORT`` with 0.12's answer. ``Worker._connecting``: true from the start of a
+  connection attempt until the server accepted the registration (readiness; 0.12 has only the
+  ``worker_registered`` event, nothing for a lost connection). ``Worker._update_job_status``:
+  0.12 reports a job from its process's exit code with an empty error, so a job whose
+  entrypoint raised goes out as ``JS_SUCCESS``; it is replaced by one that reports
+  ``JS_FAILED`` with the error the job process recorded, sent the way 0.12 sends it
+  (``Worker._queue_msg``, which drops it while reconnecting). ``Worker._proc_pool``: ending
+  the calls still running when the drain times out while the server connection is still up
+  (``Worker.aclose`` cancels the connection first, so the server would never hear they ended).
 livekit.rtc (the in-process room builds real tracks outside a room)
   ``Track._info.sid``: a track's sid matches its publication; ``Track._ffi_handle``: ending a
   track ends every stream on it, as when a participant unpublishes.
@@ -49,12 +60,16 @@ livekit.rtc (the in-process room builds real tracks outside a room)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
-from collections.abc import AsyncIterable, Callable
-from typing import Literal, Protocol
+from collections.abc import AsyncIterable, Awaitable, Callable
+from typing import Any, Literal, Protocol
 
+from aiohttp import web
 from livekit import rtc
 from livekit.agents import llm, stt, tts, utils, vad
+from livekit.agents.ipc.job_executor import JobExecutor
+from livekit.agents.ipc.job_executor import JobStatus as JobExecutorStatus
 from livekit.agents.pipeline import AgentTranscriptionOptions, VoicePipelineAgent, pipeline_agent
 from livekit.agents.pipeline.human_input import HumanInput
 from livekit.agents.pipeline.pipeline_agent import SpeechDataContextVar
@@ -62,6 +77,7 @@ from livekit.agents.pipeline.speech_handle import SpeechHandle
 from livekit.agents.stt.stream_adapter import StreamAdapterWrapper
 from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, AgentState, APIConnectOptions
 from livekit.agents.worker import Worker, _DefaultLoadCalc
+from livekit.protocol import agent as agent_proto
 
 from worker.pipeline.transcript_text import VerbatimSentenceTokenizer
 from worker.room_io.microphone import open_microphone
@@ -102,6 +118,12 @@ PRIVATE_MEMBERS: frozenset[str] = frozenset(
         "_status",
         "_DefaultLoadCalc",
         "_draining",
+        "_http_server",
+        "_app",
+        "_connecting",
+        "_update_job_status",
+        "_queue_msg",
+        "_proc_pool",
         # livekit.rtc
         "_info",
         "_ffi_handle",
@@ -454,6 +476,78 @@ def worker_draining(worker: Worker) -> bool:
     return bool(worker._draining)
 
 
+def health_app(worker: Worker) -> web.Application:
+    """The aiohttp application serving the worker's health port (routes may be added until the
+    worker runs)."""
+    app: web.Application = worker._http_server._app
+    return app
+
+
+def worker_connected(worker: Worker) -> bool:
+    """The worker holds a registered connection to the server (false while (re)connecting)."""
+    return not worker._connecting
+
+
+JobFailure = Callable[[str], "str | None"]
+
+
+def report_job_failures(
+    worker: Worker, failure_of: JobFailure, on_finished: Callable[[str, bool], None]
+) -> None:
+    """Report finished jobs as ``JS_FAILED`` with ``failure_of(job_id)`` (the error, or None if
+    the job did not fail), or as 0.12 does (its process's exit code) when there is none;
+    ``on_finished(job_id, failed)`` is called once per finished job."""
+
+    async def update_job_status(proc: JobExecutor) -> None:
+        info = proc.running_job
+        if info is None:
+            return
+        status = {
+            JobExecutorStatus.FAILED: agent_proto.JobStatus.JS_FAILED,
+            JobExecutorStatus.SUCCESS: agent_proto.JobStatus.JS_SUCCESS,
+        }.get(proc.status, agent_proto.JobStatus.JS_RUNNING)
+        error = ""
+        if status != agent_proto.JobStatus.JS_RUNNING:
+            failure = failure_of(info.job.id)
+            if failure is not None:
+                status, error = agent_proto.JobStatus.JS_FAILED, failure
+            elif status == agent_proto.JobStatus.JS_FAILED:
+                error = "job process exited with an error"
+            on_finished(info.job.id, status == agent_proto.JobStatus.JS_FAILED)
+        update = agent_proto.UpdateJobStatus(job_id=info.job.id, status=status, error=error)
+        with contextlib.suppress(utils.aio.ChanClosed):
+            await worker._queue_msg(agent_proto.WorkerMessage(update_job=update))
+
+    worker._update_job_status = update_job_status  # type: ignore[method-assign]
+
+
+async def end_running_jobs(worker: Worker) -> int:
+    """End every running job through its shutdown path (the job process gets a shutdown
+    request: its session closes and flushes its metrics) and wait until they exited; their
+    final status goes to the server on the still-open connection. Returns how many there were."""
+    running = [p for p in worker._proc_pool.processes if p.running_job is not None]
+    await asyncio.gather(*(p.aclose() for p in running), return_exceptions=True)
+    return len(running)
+
+
+def close_before_disconnect(room: rtc.Room, close: Callable[[], Awaitable[None]]) -> None:
+    """Run ``close`` whenever the job's room is about to be disconnected.
+
+    0.12 ends a job it was told to end (the drain timeout expired, the server terminated the
+    job) by disconnecting the room first and running the shutdown callbacks after: a session
+    closed from a callback could no longer send its last metrics. Every disconnect of this room
+    now closes the session first (``close`` must be idempotent)."""
+    disconnect = room.disconnect
+
+    async def close_then_disconnect(**kwargs: Any) -> None:
+        try:
+            await close()
+        finally:
+            await disconnect(**kwargs)
+
+    room.disconnect = close_then_disconnect  # type: ignore[method-assign]
+
+
 def set_track_sid(track: rtc.Track, sid: str) -> None:
     """Give a real track the sid of its publication, as ``LocalParticipant.publish_track`` does
     (tracks created without a room report ``TR_unknown``; transcriptions carry ``track.sid``)."""
@@ -476,13 +570,18 @@ __all__ = [
     "TTSFlush",
     "VADSegmentedSTT",
     "VoicePipeline",
+    "close_before_disconnect",
     "close_pipeline_agent",
     "cpu_load",
     "current_sequence_id",
+    "end_running_jobs",
     "end_track",
     "fallback_recovery_tasks",
+    "health_app",
     "played_text",
+    "report_job_failures",
     "set_track_sid",
     "tts_conn_options",
     "without_retries",
+    "worker_connected",
 ]

@@ -34,7 +34,12 @@ from worker.pipeline.adapter import Reply, VoicePipeline, played_text
 from worker.pipeline.context import ContextLimits, trim_chat_context
 from worker.room_io.utterance_audio import TappedVAD, UtteranceAudio, UtteranceAudioOptions
 from worker.room_io.video import VIDEO_SOURCES, ImageOptions, VideoCapture
-from worker.tools.runner import ToolRoundsStream, ToolRunningLLM, ToolRunningLLMOptions
+from worker.tools.runner import (
+    ToolCallTiming,
+    ToolRoundsStream,
+    ToolRunningLLM,
+    ToolRunningLLMOptions,
+)
 
 logger = logging.getLogger("worker.pipeline.conversation")
 
@@ -84,6 +89,8 @@ class FinishedReply:
     """The LLM failed for good during this reply (see ``apologised``)."""
     apologised: bool = False
     """... before saying anything: the reply is the apology."""
+    tool_calls: tuple[ToolCallTiming, ...] = ()
+    """The reply's tool calls, each with its start and end."""
 
 
 @dataclass
@@ -308,9 +315,11 @@ class Conversation:
             self._reported.add(speech.id)
         stream = speech.source if speech is not None and speech.initialized else None
         tool_time, tool_rounds = 0.0, 0
+        tool_calls: tuple[ToolCallTiming, ...] = ()
         llm_failed = apologised = False
         if isinstance(stream, ToolRoundsStream):
             tool_time, tool_rounds = stream.tool_time, stream.rounds
+            tool_calls = tuple(stream.tool_calls)
             llm_failed, apologised = stream.error is not None, stream.apologised
             if (
                 committed is not None
@@ -330,6 +339,7 @@ class Conversation:
                     agent_text=agent_text,
                     llm_failed=llm_failed,
                     apologised=apologised,
+                    tool_calls=tool_calls,
                 )
             )
 

@@ -80,6 +80,17 @@ class ToolResult:
 
 
 @dataclass(frozen=True)
+class ToolCallTiming:
+    """One finished tool call (its value or error went to the model): ``started``/``ended`` are
+    ``time.perf_counter()`` moments; ``ended`` is the timeout for a call that timed out."""
+
+    name: str
+    started: float
+    ended: float
+    failed: bool = False
+
+
+@dataclass(frozen=True)
 class ToolRunningLLMOptions:
     default_timeout: float = 10.0
     max_rounds: int = 3
@@ -210,6 +221,8 @@ class ToolRoundsStream(llm.LLMStream):
         """Assistant tool-call messages and tool results of this reply, in order."""
         self.tool_time = 0.0
         """Seconds spent waiting for tools (sum over rounds, each round as long as its slowest)."""
+        self.tool_calls: list[ToolCallTiming] = []
+        """Each call whose outcome went to the model, in the order they finished."""
         self.rounds = 0
         self.error: str | None = None
         """Why the LLM failed for good, or None."""
@@ -400,6 +413,18 @@ class ToolRoundsStream(llm.LLMStream):
         return messages, images
 
     async def _outcome(self, call: _RunningCall) -> tuple[Any, Exception | None]:
+        value, error = await self._wait_outcome(call)
+        self.tool_calls.append(
+            ToolCallTiming(
+                name=call.info.function_info.name,
+                started=call.started,
+                ended=time.perf_counter(),
+                failed=error is not None,
+            )
+        )
+        return value, error
+
+    async def _wait_outcome(self, call: _RunningCall) -> tuple[Any, Exception | None]:
         """The call's value, or the error the model gets instead. Runs from the call's start, so
         a tool is stopped at its timeout even while the model is still streaming."""
         timeout = call.options.timeout or self._runner.options.default_timeout

@@ -16,7 +16,7 @@ from livekit import rtc
 from livekit.agents import llm, stt, tts
 from livekit.agents import vad as agents_vad
 
-from worker.config import Settings
+from worker.config import Settings, default_instructions
 from worker.metrics.collector import MetricsOptions, MetricsSink, RoomSink, SessionMetrics
 from worker.pipeline.adapter import VADSegmentedSTT, VoicePipeline
 from worker.pipeline.conversation import (
@@ -27,8 +27,13 @@ from worker.pipeline.conversation import (
 )
 from worker.providers.fallback_llm import FallbackLLM
 from worker.providers.reconnecting_stt import ReconnectingSTT
-from worker.providers.segmenting_tts import SegmentingTTS
+from worker.providers.segmenting_tts import (
+    SegmenterOptions,
+    SegmentingTTS,
+    SegmentingTTSOptions,
+)
 from worker.providers.selection import (
+    LOCAL_INSTRUCTIONS,
     build_fallback_llm,
     build_llm,
     build_stt,
@@ -40,6 +45,8 @@ from worker.room_io.utterance_audio import TappedVAD, UtteranceAudio
 from worker.room_io.video import VideoCapture
 from worker.tools.builtin import BuiltinTools
 from worker.tools.loading import load_user_tools, merge_tools
+from worker.tools.mcp import McpTools
+from worker.tools.mcp_servers import parse_mcp_servers
 from worker.tools.runner import ToolRunningLLM, ToolRunningLLMOptions
 
 logger = logging.getLogger("worker.session")
@@ -87,9 +94,13 @@ class SessionParts:
     metrics: SessionMetrics
     data_router: DataMessageRouter
     http_session: aiohttp.ClientSession | None = None
+    mcp: McpTools | None = None
+    """The job's MCP servers (AGENT_MCP_SERVERS): connected in the background from start()."""
     _closed: bool = False
 
     async def start(self) -> None:
+        if self.mcp is not None:
+            self.mcp.start()
         self.metrics.start()
         self.room.on("data_received", self.data_router.on_data_received)
         await self.conversation.start()
@@ -102,6 +113,8 @@ class SessionParts:
         self._closed = True
         self.room.off("data_received", self.data_router.on_data_received)
         await self.conversation.aclose()  # closes the tool-running LLM and what it wraps
+        if self.mcp is not None:  # after the tools that use them were stopped
+            await self.mcp.aclose()
         await self.data_router.aclose()
         await self.metrics.aclose()
         await self.tts.aclose()
@@ -110,9 +123,14 @@ class SessionParts:
             await self.http_session.close()
 
 
-def conversation_options(settings: Settings) -> ConversationOptions:
+def conversation_options(settings: Settings, *, local_llm: bool = False) -> ConversationOptions:
+    """``local_llm``: the bundled small model answers; unless AGENT_INSTRUCTIONS was set, it
+    gets its own short system prompt."""
+    instructions = settings.instructions
+    if local_llm and instructions == default_instructions(settings.language):
+        instructions = LOCAL_INSTRUCTIONS
     return ConversationOptions(
-        instructions=settings.instructions,
+        instructions=instructions,
         greeting=settings.greeting,
         min_endpointing_delay=settings.end_of_turn_delay_ms / 1000,
         tools=ToolRunningLLMOptions(max_tool_calls=settings.max_tool_calls),
@@ -134,7 +152,11 @@ def build_session(
     points the LLM at a local server (no fallback then). ``options`` replaces the conversation
     options derived from the settings (context limits, tool timeouts, images, audio); their
     instructions and greeting are then used as given."""
-    opts = options if options is not None else conversation_options(settings)
+    opts = (
+        options
+        if options is not None
+        else conversation_options(settings, local_llm=llm_base_url is not None)
+    )
 
     # providers, each in the wrapper that makes it resilient
     plain_stt = build_stt(settings, http_session=http_session)
@@ -148,7 +170,11 @@ def build_session(
     text_to_speech = (
         plain_tts
         if tts_segments_itself(settings)
-        else SegmentingTTS(plain_tts, endpoint=settings.deepgram_tts_url)
+        else SegmentingTTS(
+            plain_tts,
+            SegmentingTTSOptions(segments=SegmenterOptions(language=settings.language)),
+            endpoint=settings.deepgram_tts_url,
+        )
     )
     primary = build_llm(settings, base_url=llm_base_url)
     fallback = None if llm_base_url is not None else build_fallback_llm(settings)
@@ -167,6 +193,9 @@ def build_session(
         BuiltinTools(look=video.fresh_images, end_call=ending.request),
         *([user_tools] if user_tools is not None else []),
     )
+    # MCP tools join fnc_ctx once their server is connected (and leave it if it dies)
+    mcp_specs = parse_mcp_servers(settings.mcp_servers)
+    mcp = McpTools(mcp_specs, fnc_ctx) if mcp_specs else None
 
     # the conversation on the 0.12 pipeline
     chat_ctx = llm.ChatContext().append(role="system", text=opts.instructions)
@@ -224,4 +253,5 @@ def build_session(
         metrics=metrics,
         data_router=router,
         http_session=http_session,
+        mcp=mcp,
     )

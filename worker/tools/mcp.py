@@ -70,9 +70,10 @@ def _argument_type(prop: dict[str, Any]) -> type:
         return _PRIMITIVES[kind]
     if kind == "array":
         items = prop.get("items")
-        item_kind = items.get("type") if isinstance(items, dict) else None
-        if isinstance(item_kind, str) and item_kind in _PRIMITIVES and "enum" not in items:
-            return list[_PRIMITIVES[item_kind]]  # type: ignore[index]
+        if isinstance(items, dict) and "enum" not in items:
+            item = _PRIMITIVES.get(str(items.get("type")))
+            if item is not None:
+                return list[item]  # type: ignore[valid-type]
     return object
 
 

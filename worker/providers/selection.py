@@ -20,9 +20,13 @@ LOCAL_MAX_OUTPUT_TOKENS = 60
 """Tiny local models ramble: keep their spoken answers to a sentence or two."""
 LOCAL_TEMPERATURE = 0.2
 """A 135M model drifts into other languages and invented words at the default temperature."""
-LOCAL_INSTRUCTIONS = "You are a helpful assistant. Answer the question in one short sentence."
-"""The bundled local model's own system prompt (used unless AGENT_INSTRUCTIONS is set): a 135M
-model follows a short plain instruction better than the full voice-assistant prompt."""
+LOCAL_INSTRUCTIONS = (
+    "You are a helpful AI assistant named SmolLM, trained by Hugging Face. "
+    "Answer in one short sentence."
+)
+"""The bundled local model's own system prompt (used unless AGENT_INSTRUCTIONS is set): the
+identity it was tuned with plus one plain instruction; a 135M model loses the thread in the
+longer voice-assistant prompt (bench/offline_answers.py, README's offline section)."""
 NO_KEY = "no-key"
 """Sent as the API key to servers that were given none (local servers ignore it)."""
 SERVER_TOOL_CHOICE = None

@@ -56,8 +56,9 @@ def ask(repo: Path, question: str, workdir: Path) -> str:
     transcript.unlink(missing_ok=True)
     subprocess.run(["espeak-ng", "-w", str(wav), question], check=True)
     env = {k: v for k, v in os.environ.items() if k not in CLOUD_KEYS}
+    out = workdir / "r.wav"
     subprocess.run(
-        [sys.executable, "-m", "worker", "talk", str(wav), "--fast", "--out", str(workdir / "r.wav"),
+        [sys.executable, "-m", "worker", "talk", str(wav), "--fast", "--out", str(out),
          "--transcript", str(transcript)],
         cwd=repo, env=env, check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
@@ -82,9 +83,8 @@ def main() -> None:
             answer = ask(args.repo.resolve(), question, Path(tmp))
             ok = contains(answer, expected)
             rows.append({"question": question, "expected": expected[0], "answer": answer, "ok": ok})
-            print(
-                f"{'ok ' if ok else '-- '} {question} -> {answer!r} ({time.perf_counter() - started:.0f} s)"
-            )
+            took = time.perf_counter() - started
+            print(f"{'ok ' if ok else '-- '} {question} -> {answer!r} ({took:.0f} s)", flush=True)
     hits = sum(r["ok"] for r in rows)
     print(f"{hits}/{len(rows)} answers contain the expected word")
     if args.json is not None:

@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 QUESTIONS: list[tuple[str, tuple[str, ...]]] = [
     ("What is the capital of France?", ("paris",)),
@@ -76,7 +77,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=len(QUESTIONS))
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    rows = []
+    rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         for question, expected in QUESTIONS[: args.n]:
             started = time.perf_counter()

@@ -40,6 +40,7 @@ from worker.providers.selection import (
     build_tts,
     tts_segments_itself,
 )
+from worker.room_io.chat import ChatReplies
 from worker.room_io.data_messages import ControlOptions, DataMessageRouter, control_handler
 from worker.room_io.utterance_audio import TappedVAD, UtteranceAudio
 from worker.room_io.video import VideoCapture
@@ -53,10 +54,12 @@ logger = logging.getLogger("worker.session")
 
 
 class MetricsObserver:
-    """Feeds the conversation's observations to the session metrics (turn summaries)."""
+    """Feeds the conversation's observations to the session metrics (turn summaries), and
+    finished replies to the chat (answers to typed turns go back as chat)."""
 
-    def __init__(self, metrics: SessionMetrics) -> None:
+    def __init__(self, metrics: SessionMetrics, chat: ChatReplies | None = None) -> None:
         self._metrics = metrics
+        self._chat = chat
 
     def on_metrics(self, metrics: object) -> None:
         self._metrics.collect(metrics)  # type: ignore[arg-type]
@@ -71,6 +74,8 @@ class MetricsObserver:
         self._metrics.turns.first_audio(sequence_id, at)
 
     def on_reply_finished(self, reply: FinishedReply) -> None:
+        if self._chat is not None:
+            self._chat.on_reply_finished(reply.sequence_id, reply.agent_text)
         self._metrics.turns.reply_finished(
             reply.sequence_id,
             reply.interrupted,
@@ -96,6 +101,7 @@ class SessionParts:
     http_session: aiohttp.ClientSession | None = None
     mcp: McpTools | None = None
     """The job's MCP servers (AGENT_MCP_SERVERS): connected in the background from start()."""
+    chat: ChatReplies | None = None
     _closed: bool = False
 
     async def start(self) -> None:
@@ -103,6 +109,8 @@ class SessionParts:
             self.mcp.start()
         self.metrics.start()
         self.room.on("data_received", self.data_router.on_data_received)
+        if self.chat is not None:
+            self.chat.attach(self.data_router)
         await self.conversation.start()
 
     async def aclose(self) -> None:
@@ -116,6 +124,8 @@ class SessionParts:
         if self.mcp is not None:  # after the tools that use them were stopped
             await self.mcp.aclose()
         await self.data_router.aclose()
+        if self.chat is not None:
+            await self.chat.aclose()
         await self.metrics.aclose()
         await self.tts.aclose()
         await self.stt.aclose()
@@ -210,6 +220,7 @@ def build_session(
         min_endpointing_delay=opts.min_endpointing_delay,
     )
     router = DataMessageRouter()
+    chat = ChatReplies(room, identity, on_text=lambda text: conversation.reply_to_text(text))
     metrics = SessionMetrics(
         [
             RoomSink(room.local_participant, destination_identities=settings.metrics_destinations),
@@ -230,7 +241,7 @@ def build_session(
         tool_llm=tool_llm,
         ending=ending,
         options=opts,
-        observer=MetricsObserver(metrics),
+        observer=MetricsObserver(metrics, chat),
     )
 
     router.on_control(
@@ -254,4 +265,5 @@ def build_session(
         data_router=router,
         http_session=http_session,
         mcp=mcp,
+        chat=chat,
     )

@@ -160,6 +160,14 @@ class Conversation:
     async def say(self, text: str) -> None:
         await self.pipeline.say(text)
 
+    def reply_to_text(self, text: str) -> str | None:
+        """A chat message the user typed, answered by voice like a spoken turn (see
+        ``VoicePipeline.reply_to_text``); returns the reply's id. The turn's latency counts
+        from now (the message's arrival)."""
+        if self._observer is not None:
+            self._observer.on_user_stopped_speaking(time.perf_counter())
+        return self.pipeline.reply_to_text(text)
+
     async def start(self) -> None:
         participant = self._room.remote_participants.get(self._identity)
         if participant is None:

@@ -9,10 +9,16 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import SessionFactory
+from tests.conftest import SessionFactory, eventually
 from tests.loopback.openai_server import Reply
 from worker.local_room import LocalRoom, as_rtc_room
-from worker.room_io.chat import CHAT_RATE, CHAT_TOPIC, MAX_CHAT_CHARS, ChatReplies
+from worker.room_io.chat import (
+    CHAT_RATE,
+    CHAT_STREAM_TOPIC,
+    CHAT_TOPIC,
+    MAX_CHAT_CHARS,
+    ChatReplies,
+)
 from worker.room_io.data_messages import DataMessageRouter
 
 pytestmark = pytest.mark.timeout(60)
@@ -44,9 +50,14 @@ async def test_a_typed_message_is_answered_by_voice_and_as_chat(
 
     # answered by voice (speakable), from a request whose user turn is the typed text
     assert last_user_text(h.oai.requests[0].body) == "What is the capital of France?"
-    assert (
-        " ".join(f.text for f in h.dg.flushes).split() == "The capital of France is Paris.".split()
-    )
+    assert " ".join(f.text for f in h.dg.flushes).split() == [
+        "The",
+        "capital",
+        "of",
+        "France",
+        "is",
+        "Paris.",
+    ]
     assert first.name == "agent_speech_committed"
 
     # the answer also came back as chat, to the user, with the model's text
@@ -72,7 +83,11 @@ async def test_only_new_messages_of_the_linked_participant_within_limits_start_t
     user = room.add_participant("user")
     other = room.add_participant("other")
     turns: list[str] = []
-    chat = ChatReplies(as_rtc_room(room), "user", on_text=lambda t: turns.append(t) or None)
+
+    def on_text(text: str) -> None:
+        turns.append(text)
+
+    chat = ChatReplies(as_rtc_room(room), "user", on_text=on_text)
     router = DataMessageRouter()
     chat.attach(router)
     room.on("data_received", router.on_data_received)
@@ -93,5 +108,44 @@ async def test_only_new_messages_of_the_linked_participant_within_limits_start_t
     user.send_data("x" * 3000, topic=CHAT_TOPIC)
     assert router.stats()["oversized"] == 1
     await chat.aclose()
+    await router.aclose()
+    await room.aclose()
+
+
+async def test_lk_chat_text_streams_start_turns_and_answers_go_back_both_ways() -> None:
+    room = LocalRoom()
+    user = room.add_participant("user")
+    other = room.add_participant("other")
+    turns: list[str] = []
+
+    def on_text(text: str) -> str:
+        turns.append(text)
+        return f"reply-{len(turns)}"
+
+    chat = ChatReplies(as_rtc_room(room), "user", on_text=on_text)
+    router = DataMessageRouter()
+    chat.attach(router)
+
+    long_question = "What is the capital of France? " * 3
+    assert user.send_text_stream(long_question, topic=CHAT_STREAM_TOPIC, chunk_chars=7)
+    assert other.send_text_stream("not the linked participant", topic=CHAT_STREAM_TOPIC)
+    assert user.send_text_stream("y" * (MAX_CHAT_CHARS + 1), topic=CHAT_STREAM_TOPIC)
+    await room.outbox.wait_for(lambda: router.stats()["oversized"] == 1, timeout=5)
+    await eventually(lambda: len(turns) == 1)
+    assert turns == [long_question.strip()]  # reassembled from its chunks
+
+    chat.on_reply_finished("some-spoken-reply", "not an answer to a typed turn")
+    chat.on_reply_finished("reply-1", "The capital of **France** is Paris.")
+    await room.outbox.wait_for(lambda: bool(room.outbox.data_on(CHAT_TOPIC)), timeout=5)
+    (text,) = room.outbox.texts
+    assert (text.text, text.topic) == ("The capital of **France** is Paris.", CHAT_STREAM_TOPIC)
+    assert text.destination_identities == ("user",)
+    (legacy,) = room.outbox.data_on(CHAT_TOPIC)
+    sent = legacy.json()
+    assert sent["message"] == text.text
+    assert sent["ignoreLegacy"] is True  # stream-aware clients show the stream copy only
+
+    await chat.aclose()
+    assert not user.send_text_stream("after the end", topic=CHAT_STREAM_TOPIC)
     await router.aclose()
     await room.aclose()

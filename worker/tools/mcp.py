@@ -221,7 +221,8 @@ class McpServer:
         if self._gone or self._stop.is_set():
             return
         self._gone = True
-        detail = _describe(error) if error is not None else ""
+        # an HTTP error may quote the URL, whose query can hold a token: name it by its label
+        detail = _describe(error).replace(self.spec.target, self.spec.label) if error else ""
         logger.warning(
             "MCP server %s; its tools are withdrawn",
             what,

@@ -75,9 +75,12 @@ def results(body: dict[str, Any]) -> dict[str, str]:
 
 
 async def test_stdio_and_http_tools_run_concurrently_with_checked_arguments(
-    make_session: SessionFactory, caplog: pytest.LogCaptureFixture
+    make_session: SessionFactory,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     caplog.set_level(logging.WARNING, logger="worker.tools.mcp")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-must-not-reach-mcp-servers")
 
     def respond(body: dict[str, Any]) -> Reply:
         if body["messages"][-1]["role"] == "user":
@@ -87,6 +90,7 @@ async def test_stdio_and_http_tools_run_concurrently_with_checked_arguments(
                     ToolCall("b_clocked", json.dumps({"label": "two", "seconds": 1.0}), id="c2"),
                     ToolCall("a_add", json.dumps({"a": 1, "b": "x"}), id="c3"),
                     ToolCall("b_add", json.dumps({"a": 2, "b": 3}), id="c4"),
+                    ToolCall("a_env", "{}", id="c5"),
                 ],
                 ttft=0.1,
             )
@@ -120,6 +124,10 @@ async def test_stdio_and_http_tools_run_concurrently_with_checked_arguments(
     assert "not run" in out["c3"]
     assert "b" in out["c3"]
     assert out["c4"] == "5"
+    # the stdio server's environment is the SDK's minimal one: no key of the worker's
+    names = json.loads(out["c5"])
+    assert "PATH" in names
+    assert not any("KEY" in n or "SECRET" in n for n in names), names
     assert reply.args[0].content == "Both are done, and two plus three is five."
 
     # the server that could not start was logged once, naming only its program

@@ -3,7 +3,8 @@
 Run as ``python -m tests.loopback.mcp_server stdio PREFIX [MARK_DIR]`` or ``... http PREFIX PORT
 [MARK_DIR]``. Its tools are named ``PREFIX_...``. ``clocked`` answers with when it started and
 ended (wall clock), so a test can see two calls overlap; ``hang`` writes ``<MARK_DIR>/hang`` (the
-server's pid) when it starts, so a test can kill the server mid-call.
+server's pid) when it starts, so a test can kill the server mid-call; ``env`` lists the names in
+its environment.
 """
 
 from __future__ import annotations
@@ -33,6 +34,10 @@ def build(prefix: str, mark_dir: Path | None) -> MCPServer:
             (mark_dir / "hang").write_text(str(os.getpid()))
         await asyncio.sleep(3600)
         return "never"
+
+    @server.tool(name=f"{prefix}_env", description="The names in the server's environment.")
+    def env() -> str:
+        return json.dumps(sorted(os.environ))
 
     @server.tool(name=f"{prefix}_add", description="Add two whole numbers.")
     def add(a: int, b: int) -> int:

@@ -13,7 +13,7 @@ from tests.conftest import SessionFactory, eventually
 from tests.loopback.openai_server import Reply
 from worker.local_room import LocalRoom, as_rtc_room
 from worker.room_io.chat import (
-    CHAT_RATE,
+    CHAT_RATE_LIMIT,
     CHAT_STREAM_TOPIC,
     CHAT_TOPIC,
     MAX_CHAT_CHARS,
@@ -98,11 +98,12 @@ async def test_only_new_messages_of_the_linked_participant_within_limits_start_t
     user.send_data(chat_packet("   "), topic=CHAT_TOPIC)
     user.send_data(json.dumps({"message": "hi", "extra": 1}), topic=CHAT_TOPIC)
     assert turns == []
-    for i in range(CHAT_RATE.count + 3):
+    for i in range(CHAT_RATE_LIMIT + 3):
         user.send_data(chat_packet(f"message {i}"), topic=CHAT_TOPIC)
     # the repeat counted towards the user's rate (a packet like any other)
-    assert turns == [f"message {i}" for i in range(CHAT_RATE.count - 1)]
+    assert turns == [f"message {i}" for i in range(CHAT_RATE_LIMIT - 1)]
     stats = router.stats()
+    assert stats["unauthorized"] == 1  # the other participant
     assert stats["rate_limited"] == 4
     assert stats["schema"] == 3  # too long, empty, unknown key
     user.send_data("x" * 3000, topic=CHAT_TOPIC)
@@ -131,6 +132,7 @@ async def test_lk_chat_text_streams_start_turns_and_answers_go_back_both_ways() 
     assert other.send_text_stream("not the linked participant", topic=CHAT_STREAM_TOPIC)
     assert user.send_text_stream("y" * (MAX_CHAT_CHARS + 1), topic=CHAT_STREAM_TOPIC)
     await room.outbox.wait_for(lambda: router.stats()["oversized"] == 1, timeout=5)
+    assert router.stats()["unauthorized"] == 1
     await eventually(lambda: len(turns) == 1)
     assert turns == [long_question.strip()]  # reassembled from its chunks
 

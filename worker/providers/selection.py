@@ -5,8 +5,6 @@ The resilient wrappers around them are put on in one place, ``worker.session.bui
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import aiohttp
 from livekit.agents import stt, tts, vad
 from livekit.plugins import deepgram
@@ -71,11 +69,10 @@ def build_stt(settings: Settings, *, http_session: aiohttp.ClientSession | None)
 def build_tts(settings: Settings, *, http_session: aiohttp.ClientSession | None) -> tts.TTS:
     if settings.tts_provider == "piper":
         from plugins.piper_tts import TTS as PiperTTS
-        from plugins.piper_tts import PiperOptions
 
-        voice = Path(settings.piper_voice) if settings.piper_voice else None
         return PiperTTS(
-            PiperOptions(model_path=voice), sentence_tokenizer=SentenceTokenizer(settings.language)
+            voice=settings.piper_voice or None,
+            sentence_tokenizer=SentenceTokenizer(settings.language),
         )
     return deepgram.TTS(
         api_key=settings.deepgram_api_key.reveal(),

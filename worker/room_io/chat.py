@@ -7,8 +7,8 @@ Two ways a chat message arrives (both are untrusted input, checked before anythi
   components and the agents playground: JSON ``{"id", "timestamp", "message"}`` (plus the
   optional ``deleted``, ``editTimestamp``, ``ignoreLegacy``). They go through the session's
   :class:`~worker.room_io.data_messages.DataMessageRouter`: its sender check, its size, JSON
-  and pending limits, and the chat rate (:data:`CHAT_RATE_LIMIT`). A packet marked ``ignoreLegacy`` (the client also sent it as
-  a text stream) or ``deleted`` is not a new turn.
+  and pending limits, and the chat rate (:data:`CHAT_RATE_LIMIT`). A packet marked
+  ``ignoreLegacy`` (the client also sent it as a text stream) or ``deleted`` is not a new turn.
 - ``lk.chat`` text streams (:data:`CHAT_STREAM_TOPIC`), what newer clients send, where the room
   delivers text streams (``register_text_stream_handler``, livekit rtc 1.1.10). A stream longer
   than :data:`MAX_CHAT_CHARS` is cut off and rejected; the same rate applies.

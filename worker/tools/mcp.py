@@ -147,7 +147,12 @@ class ToolArgumentError(ValueError):
 
 
 class McpToolError(RuntimeError):
-    """The MCP server reported an error, or is gone."""
+    """The MCP server reported an error."""
+
+
+class McpServerGone(McpToolError):
+    """The tool's MCP server is not available (it died or never started). The runner shows the
+    model only an error's class, so the class name says it."""
 
 
 def _result_text(result: Any) -> str:
@@ -236,13 +241,13 @@ class McpServer:
 
         client = self._client
         if client is None or self._gone:
-            raise McpToolError("its MCP server is not available")
+            raise McpServerGone("its MCP server is not available")
         try:
             result = await client.call_tool(name, arguments)
         except MCPError as e:
             if e.code == CONNECTION_CLOSED:
                 self._lost("stopped", e)
-                raise McpToolError("its MCP server stopped during the call") from None
+                raise McpServerGone("its MCP server stopped during the call") from None
             raise McpToolError(e.message[:500]) from None
         text = _result_text(result)
         if result.is_error:

@@ -68,8 +68,9 @@ async def test_the_voice_gets_speakable_text_and_the_transcript_the_original(
 
     spoken = " ".join(f.text for f in h.dg.flushes)
     assert spoken.split() == SPOKEN.split()
-    committed = reply.args[0].content  # the context keeps the model's text (words re-spaced)
-    assert "```bash ls -la | grep paris ```" in committed
+    committed = reply.args[0].content  # the context keeps the model's text
+    assert "The **capital** of France is *Paris*" in committed
+    assert "```bash\nls -la | grep paris\n```" in committed
     # the room's transcript of the reply is the model's text, code block and all
     await h.room.outbox.wait_for(
         lambda: any(t.final and "```" in t.text for t in h.room.outbox.transcriptions),

@@ -32,6 +32,7 @@ PAIRS: list[tuple[type, type]] = [
     (local_room.RemoteParticipant, rtc.RemoteParticipant),
     (local_room.LocalTrackPublication, rtc.LocalTrackPublication),
     (local_room.RemoteTrackPublication, rtc.RemoteTrackPublication),
+    (local_room.TextStreamReader, rtc.TextStreamReader),
 ]
 
 _MISSING = object()
@@ -117,7 +118,11 @@ async def doubles() -> AsyncIterator[dict[type, object]]:
     source = rtc.AudioSource(24000, 1)
     track = rtc.LocalAudioTrack.create_audio_track("voice", source)
     publication = await room.local_participant.publish_track(track)
+    readers: list[object] = []
+    room.register_text_stream_handler("t", lambda reader, _sender: readers.append(reader))
+    user.send_text_stream("hello", topic="t")
     yield {
+        local_room.TextStreamReader: readers[0],
         local_room.LocalRoom: room,
         local_room.LocalParticipant: room.local_participant,
         local_room.RemoteParticipant: user,
@@ -169,6 +174,7 @@ def test_doubles_offer_what_the_framework_uses(
             "publish_data",
         },
         rtc.RemoteParticipant: {"identity", "kind", "track_publications"},
+        rtc.TextStreamReader: {"info", "read_all"},
         rtc.LocalTrackPublication: {"sid", "source", "wait_for_subscription"},
         rtc.RemoteTrackPublication: {
             "sid",

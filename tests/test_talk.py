@@ -37,6 +37,7 @@ from tests.speech import resample, silence, speak, write_wav
 from worker import talk
 from worker.cli import main
 from worker.config import ConfigError
+from worker.pipeline.speakable import speakable
 from worker.providers.local_llm_server import LOCAL_MODEL_NAME
 
 REPO = Path(__file__).resolve().parent.parent
@@ -693,8 +694,9 @@ async def test_one_reply_is_one_transcript_line_with_the_text_the_tts_got(
     make_session: SessionFactory,
 ) -> None:
     """The reply is spoken in several TTS segments and sent as several transcription segments;
-    its transcript is still one ``agent:`` line, character for character what the LLM wrote
-    and the TTS was given (no space put into ``**Sure!**``, no line that is just ``)``)."""
+    its transcript is still one ``agent:`` line, character for character what the LLM wrote (no
+    space put into ``**Sure!**``, no line that is just ``)``), while the TTS was given its
+    speakable version (no ``**``)."""
     h = await make_session(lambda body: Reply(text=WRITTEN, tokens_per_second=30))
     await h.utter("hello there")
     assert (await h.wait_for_replies(1, timeout=30)).args[0].content == WRITTEN
@@ -702,7 +704,9 @@ async def test_one_reply_is_one_transcript_line_with_the_text_the_tts_got(
         "".join(m.text for m in h.dg.speak_messages if m.connection == c and m.type == "Speak")
         for c in sorted({m.connection for m in h.dg.speak_messages})
     )
-    assert " ".join(spoken.split()) == WRITTEN  # what the TTS got, whitespace aside
+    # what the TTS got, whitespace aside: the markdown made speakable
+    assert " ".join(spoken.split()) == " ".join(speakable(WRITTEN).split())
+    assert "**" not in spoken
     segments = {s.id for t in h.room.outbox.transcriptions_of("agent") for s in t.segments}
     assert len(segments) > 1  # several segments ...
     assert talk.transcript_lines(h.room) == [

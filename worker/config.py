@@ -90,6 +90,52 @@ END_OF_TURN_DELAY_MS = 800
 0 with Whisper."""
 
 
+DEFAULT_LANGUAGE = "en"
+DEFAULT_DEEPGRAM_STT_MODEL = "nova-2-general"
+LLM_MAX_TOKENS = 300
+"""Default LLM_MAX_TOKENS: room for a few spoken sentences (about 200 words), and a bound on a
+runaway monologue."""
+DEEPGRAM_VOICES = {"en": "aura-asteria-en", "es": "aura-2-celeste-es"}
+"""Default DEEPGRAM_TTS_VOICE per language; other languages must name a voice."""
+_MULTI_STT_MODELS = re.compile(r"^nova-[23](-general)?$")
+"""Deepgram models that accept language=multi (code-switching)."""
+_ENGLISH_ONLY_STT_MODELS = re.compile(r"^nova-[23]-(?!general$)")
+"""Deepgram's specialised nova models (phonecall, meeting, medical, ...) know English only."""
+_LANGUAGE_RE = re.compile(r"^(?:[A-Za-z]{2,3}(?:-[A-Za-z0-9]{2,8})*|multi)$")
+
+
+def primary_language(language: str) -> str:
+    """``pt-BR`` -> ``pt``; ``multi`` stays ``multi``."""
+    return language.split("-", 1)[0].lower()
+
+
+def default_instructions(language: str) -> str:
+    """The system prompt when AGENT_INSTRUCTIONS is not set: short spoken answers, no markdown,
+    in the session's language."""
+    if language == "multi":
+        where = "Answer in the language the person speaks."
+    elif primary_language(language) == "en":
+        where = ""
+    else:
+        where = f"Always answer in the language with the BCP-47 code {language}."
+    return " ".join(
+        part
+        for part in (
+            "You are a friendly voice assistant talking with a person through a LiveKit room.",
+            "Your words are spoken aloud: answer in one to three short sentences, in plain",
+            "spoken language, without markdown, lists, code, emoji or links.",
+            where,
+        )
+        if part
+    )
+
+
+def default_deepgram_voice(language: str) -> str:
+    """The voice for LANGUAGE (``multi``: the English one), or "" when there is no default."""
+    lang = primary_language(language)
+    return DEEPGRAM_VOICES.get("en" if lang == "multi" else lang, "")
+
+
 @dataclass(frozen=True)
 class Settings:
     livekit_url: str = "ws://localhost:7880"
@@ -97,10 +143,7 @@ class Settings:
     livekit_api_secret: Secret = field(default_factory=lambda: Secret(""))
     agent_name: str = ""
     agent_identity: str = ""  # empty: "agent-<job id>", unique per room
-    instructions: str = (
-        "You are a friendly voice assistant talking with a person through a LiveKit room. "
-        "Answer briefly, in plain spoken sentences without markdown, lists or emoji."
-    )
+    instructions: str = ""  # empty: default_instructions(language)
     greeting: str = ""
     tools: str = ""
     deepgram_api_key: Secret = field(default_factory=lambda: Secret(""))
@@ -130,6 +173,16 @@ class Settings:
     otel_endpoint: str = ""  # OTLP/HTTP base URL; empty: no traces
     otel_include_text: bool = False
     log_format: LogFormat = "text"  # talk/web; `start` always logs JSON lines
+    mcp_servers: str = ""  # AGENT_MCP_SERVERS, validated (see worker.tools.mcp)
+    language: str = DEFAULT_LANGUAGE
+    deepgram_stt_model: str = DEFAULT_DEEPGRAM_STT_MODEL
+    deepgram_tts_voice: str = ""  # empty: default_deepgram_voice(language)
+    piper_voice: str = ""  # empty: the bundled US English voice
+    llm_max_tokens: int = LLM_MAX_TOKENS
+
+    def __post_init__(self) -> None:
+        if not self.instructions:
+            object.__setattr__(self, "instructions", default_instructions(self.language))
 
     def secrets(self) -> list[str]:
         """The secret values in force (for redaction filters and tests)."""
@@ -371,13 +424,20 @@ class _Parser:
         stt_provider: SttProvider = self._choice(  # type: ignore[assignment]
             "STT_PROVIDER", d.stt_provider, ("deepgram", "whisper")
         )
+        language = self._language()
         settings = Settings(
+            language=language,
+            mcp_servers=self._mcp_servers(),
+            deepgram_stt_model=self._get("DEEPGRAM_STT_MODEL") or d.deepgram_stt_model,
+            deepgram_tts_voice=self._get("DEEPGRAM_TTS_VOICE") or "",
+            piper_voice=self._piper_voice(),
+            llm_max_tokens=self._int("LLM_MAX_TOKENS", d.llm_max_tokens, 16, 32768),
             livekit_url=self._url("LIVEKIT_URL", d.livekit_url, ("ws", "wss", "http", "https")),
             livekit_api_key=self._secret("LIVEKIT_API_KEY"),
             livekit_api_secret=self._secret("LIVEKIT_API_SECRET"),
             agent_name=self._name("AGENT_NAME", d.agent_name),
             agent_identity=self._name("AGENT_IDENTITY", d.agent_identity),
-            instructions=self._instructions(d.instructions),
+            instructions=self._instructions(default_instructions(language)),
             greeting=self._get("AGENT_GREETING") or "",
             tools=tools,
             deepgram_api_key=self._secret("DEEPGRAM_API_KEY"),
@@ -430,10 +490,91 @@ class _Parser:
             allow_say=self._flag("AGENT_ALLOW_SAY", d.allow_say),
         )
         self._check_fallback(settings)
+        self._check_languages(settings)
         self._check_needs(settings, needs)
         if self.problems:
             raise ConfigError(self.problems)
         return settings
+
+    def _language(self) -> str:
+        value = self._get("LANGUAGE")
+        if value is None:
+            return DEFAULT_LANGUAGE
+        if not _LANGUAGE_RE.match(value):
+            self._problem(
+                "LANGUAGE",
+                f"must be a BCP-47 tag such as en, de or pt-BR, or multi (got {value!r})",
+            )
+            return DEFAULT_LANGUAGE
+        return value
+
+    def _mcp_servers(self) -> str:
+        value = self._get("AGENT_MCP_SERVERS")
+        if value is None:
+            return ""
+        from worker.tools.mcp_servers import McpConfigError, parse_mcp_servers
+
+        try:
+            parse_mcp_servers(value)
+        except McpConfigError as e:
+            self._problem("AGENT_MCP_SERVERS", str(e))
+            return ""
+        return value
+
+    def _piper_voice(self) -> str:
+        value = self._get("PIPER_VOICE")
+        if value is None:
+            return ""
+        path = Path(value).expanduser()
+        if not path.is_file() or path.suffix != ".onnx":
+            self._problem("PIPER_VOICE", f"must be a piper .onnx voice file (got {value!r})")
+            return ""
+        if not Path(f"{path}.json").is_file():
+            self._problem("PIPER_VOICE", f"{path}.json (the voice's config) is missing")
+            return ""
+        return str(path)
+
+    def _check_languages(self, s: Settings) -> None:
+        """Refuse combinations known not to work, before any job runs into them."""
+        lang = primary_language(s.language)
+        english = lang == "en"
+        if s.stt_provider == "deepgram":
+            model = s.deepgram_stt_model
+            if s.language == "multi" and not _MULTI_STT_MODELS.match(model):
+                self._problem(
+                    "LANGUAGE",
+                    f"multi needs a Deepgram model that supports it (nova-3 or nova-2), "
+                    f"not DEEPGRAM_STT_MODEL={model}",
+                )
+            elif not english and _ENGLISH_ONLY_STT_MODELS.match(model):
+                self._problem(
+                    "DEEPGRAM_STT_MODEL", f"{model} recognises English only (LANGUAGE={s.language})"
+                )
+        elif not english:
+            self._problem(
+                "LANGUAGE",
+                f"{s.language} needs STT_PROVIDER=deepgram "
+                "(the bundled Whisper model is English only)",
+            )
+        if s.tts_provider == "deepgram":
+            voice = s.deepgram_tts_voice or default_deepgram_voice(s.language)
+            voice_lang = voice.rsplit("-", 1)[-1] if voice else ""
+            if not voice:
+                self._problem(
+                    "DEEPGRAM_TTS_VOICE",
+                    f"is not set (no default Deepgram voice for LANGUAGE={s.language}; name one "
+                    f"in that language, e.g. aura-2-<name>-{lang})",
+                )
+            elif s.language != "multi" and voice.startswith("aura") and voice_lang != lang:
+                self._problem(
+                    "DEEPGRAM_TTS_VOICE",
+                    f"{voice} speaks {voice_lang!r}, not LANGUAGE={s.language}",
+                )
+        elif not english and not s.piper_voice:
+            self._problem(
+                "PIPER_VOICE",
+                f"is not set (the bundled piper voice speaks English, LANGUAGE={s.language})",
+            )
 
     def _check_fallback(self, s: Settings) -> None:
         if s.llm_fallback_api_key and not s.llm_fallback:

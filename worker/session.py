@@ -18,7 +18,7 @@ from livekit import rtc
 from livekit.agents import llm, stt, tts
 from livekit.agents import vad as agents_vad
 
-from worker.config import Settings
+from worker.config import Settings, default_instructions
 from worker.metrics import MULTIPROC_ENV
 from worker.metrics.collector import MetricsOptions, MetricsSink, RoomSink, SessionMetrics
 from worker.pipeline.adapter import VADSegmentedSTT, VoicePipeline
@@ -30,19 +30,27 @@ from worker.pipeline.conversation import (
 )
 from worker.providers.fallback_llm import FallbackLLM
 from worker.providers.reconnecting_stt import ReconnectingSTT
-from worker.providers.segmenting_tts import SegmentingTTS
+from worker.providers.segmenting_tts import (
+    SegmenterOptions,
+    SegmentingTTS,
+    SegmentingTTSOptions,
+)
 from worker.providers.selection import (
+    LOCAL_INSTRUCTIONS,
     build_fallback_llm,
     build_llm,
     build_stt,
     build_tts,
     tts_segments_itself,
 )
+from worker.room_io.chat import ChatReplies
 from worker.room_io.data_messages import ControlOptions, DataMessageRouter, control_handler
 from worker.room_io.utterance_audio import TappedVAD, UtteranceAudio
 from worker.room_io.video import VideoCapture
 from worker.tools.builtin import BuiltinTools
 from worker.tools.loading import load_user_tools, merge_tools
+from worker.tools.mcp import McpTools
+from worker.tools.mcp_servers import parse_mcp_servers
 from worker.tools.runner import ToolRunningLLM, ToolRunningLLMOptions
 
 if TYPE_CHECKING:
@@ -52,12 +60,19 @@ logger = logging.getLogger("worker.session")
 
 
 class MetricsObserver:
-    """Feeds the conversation's observations to the session metrics (turn summaries) and, with
-    traces on, what the payloads do not carry to the trace sink (tool calls, text)."""
+    """Feeds the conversation's observations to the session metrics (turn summaries); with
+    traces on, what the payloads do not carry to the trace sink (tool calls, text); finished
+    replies to the chat (answers to typed turns go back as chat)."""
 
-    def __init__(self, metrics: SessionMetrics, traces: TraceSink | None = None) -> None:
+    def __init__(
+        self,
+        metrics: SessionMetrics,
+        traces: TraceSink | None = None,
+        chat: ChatReplies | None = None,
+    ) -> None:
         self._metrics = metrics
         self._traces = traces
+        self._chat = chat
 
     def on_metrics(self, metrics: object) -> None:
         self._metrics.collect(metrics)  # type: ignore[arg-type]
@@ -75,6 +90,10 @@ class MetricsObserver:
         if self._traces is not None:  # before the turn payload, which closes the turn's span
             self._traces.tool_calls(reply.sequence_id, reply.tool_calls)
             self._traces.reply_text(reply.sequence_id, reply.user_text, reply.agent_text)
+        if self._chat is not None:
+            self._chat.on_reply_finished(reply.sequence_id, reply.agent_text)
+        if self._chat is not None:
+            self._chat.on_reply_finished(reply.sequence_id, reply.agent_text)
         self._metrics.turns.reply_finished(
             reply.sequence_id,
             reply.interrupted,
@@ -98,11 +117,18 @@ class SessionParts:
     metrics: SessionMetrics
     data_router: DataMessageRouter
     http_session: aiohttp.ClientSession | None = None
+    mcp: McpTools | None = None
+    """The job's MCP servers (AGENT_MCP_SERVERS): connected in the background from start()."""
+    chat: ChatReplies | None = None
     _closed: bool = False
 
     async def start(self) -> None:
+        if self.mcp is not None:
+            self.mcp.start()
         self.metrics.start()
         self.room.on("data_received", self.data_router.on_data_received)
+        if self.chat is not None:
+            self.chat.attach(self.data_router)
         await self.conversation.start()
 
     async def aclose(self) -> None:
@@ -113,7 +139,11 @@ class SessionParts:
         self._closed = True
         self.room.off("data_received", self.data_router.on_data_received)
         await self.conversation.aclose()  # closes the tool-running LLM and what it wraps
+        if self.mcp is not None:  # after the tools that use them were stopped
+            await self.mcp.aclose()
         await self.data_router.aclose()
+        if self.chat is not None:
+            await self.chat.aclose()
         await self.metrics.aclose()
         await self.tts.aclose()
         await self.stt.aclose()
@@ -141,9 +171,14 @@ def session_traces(settings: Settings) -> TraceSink | None:
     return trace_sink(settings.otel_endpoint, include_text=settings.otel_include_text)
 
 
-def conversation_options(settings: Settings) -> ConversationOptions:
+def conversation_options(settings: Settings, *, local_llm: bool = False) -> ConversationOptions:
+    """``local_llm``: the bundled small model answers; unless AGENT_INSTRUCTIONS was set, it
+    gets its own short system prompt."""
+    instructions = settings.instructions
+    if local_llm and instructions == default_instructions(settings.language):
+        instructions = LOCAL_INSTRUCTIONS
     return ConversationOptions(
-        instructions=settings.instructions,
+        instructions=instructions,
         greeting=settings.greeting,
         min_endpointing_delay=settings.end_of_turn_delay_ms / 1000,
         tools=ToolRunningLLMOptions(max_tool_calls=settings.max_tool_calls),
@@ -165,7 +200,11 @@ def build_session(
     points the LLM at a local server (no fallback then). ``options`` replaces the conversation
     options derived from the settings (context limits, tool timeouts, images, audio); their
     instructions and greeting are then used as given."""
-    opts = options if options is not None else conversation_options(settings)
+    opts = (
+        options
+        if options is not None
+        else conversation_options(settings, local_llm=llm_base_url is not None)
+    )
 
     # providers, each in the wrapper that makes it resilient
     plain_stt = build_stt(settings, http_session=http_session)
@@ -179,7 +218,11 @@ def build_session(
     text_to_speech = (
         plain_tts
         if tts_segments_itself(settings)
-        else SegmentingTTS(plain_tts, endpoint=settings.deepgram_tts_url)
+        else SegmentingTTS(
+            plain_tts,
+            SegmentingTTSOptions(segments=SegmenterOptions(language=settings.language)),
+            endpoint=settings.deepgram_tts_url,
+        )
     )
     primary = build_llm(settings, base_url=llm_base_url)
     fallback = None if llm_base_url is not None else build_fallback_llm(settings)
@@ -198,6 +241,9 @@ def build_session(
         BuiltinTools(look=video.fresh_images, end_call=ending.request),
         *([user_tools] if user_tools is not None else []),
     )
+    # MCP tools join fnc_ctx once their server is connected (and leave it if it dies)
+    mcp_specs = parse_mcp_servers(settings.mcp_servers)
+    mcp = McpTools(mcp_specs, fnc_ctx) if mcp_specs else None
 
     # the conversation on the 0.12 pipeline
     chat_ctx = llm.ChatContext().append(role="system", text=opts.instructions)
@@ -213,6 +259,7 @@ def build_session(
     )
     router = DataMessageRouter()
     traces = session_traces(settings)
+    chat = ChatReplies(room, identity, on_text=lambda text: conversation.reply_to_text(text))
     metrics = SessionMetrics(
         [
             RoomSink(room.local_participant, destination_identities=settings.metrics_destinations),
@@ -234,7 +281,7 @@ def build_session(
         tool_llm=tool_llm,
         ending=ending,
         options=opts,
-        observer=MetricsObserver(metrics, traces),
+        observer=MetricsObserver(metrics, traces, chat),
     )
 
     router.on_control(
@@ -257,4 +304,6 @@ def build_session(
         metrics=metrics,
         data_router=router,
         http_session=http_session,
+        mcp=mcp,
+        chat=chat,
     )

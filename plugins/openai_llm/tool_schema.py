@@ -1,4 +1,8 @@
-"""FunctionContext -> the `tools` list of a chat completions request."""
+"""FunctionContext -> the `tools` list of a chat completions request.
+
+A FunctionInfo that carries a `json_schema` dict (tools described by a JSON schema rather than a
+Python signature, e.g. MCP tools) is sent with that schema as its `parameters`, as it is.
+"""
 
 from __future__ import annotations
 
@@ -47,6 +51,12 @@ def _property(arg: FunctionArgInfo) -> dict[str, Any]:
 
 def function_tool(fnc: FunctionInfo) -> dict[str, Any]:
     """One `{"type": "function", ...}` tool; arguments without a default are required."""
+    schema = getattr(fnc, "json_schema", None)
+    if isinstance(schema, dict):
+        return {
+            "type": "function",
+            "function": {"name": fnc.name, "description": fnc.description, "parameters": schema},
+        }
     return {
         "type": "function",
         "function": {

@@ -16,6 +16,7 @@ import {
 } from "livekit-client";
 
 import { STYLE, ms, renderChart } from "./chart.js";
+import { setupChat } from "./chat.js";
 import { MetricsModel, SERIES, decodePayload } from "./metrics.js";
 
 const AGENT_STATE_ATTRIBUTE = "lk.agent.state";
@@ -207,6 +208,7 @@ function setConnectionState(state, text) {
   button.disabled = busy;
   button.textContent = state === "connected" || state === "reconnecting" ? "Disconnect" : busy ? "Connecting…" : "Connect";
   $("room-name").disabled = state !== "disconnected";
+  page.chat?.update();
 }
 
 async function connect() {
@@ -679,6 +681,15 @@ function init() {
   $("mic-select").addEventListener("change", (ev) => switchDevice(page.mic, ev.target.value, "microphone"));
   $("cam-select").addEventListener("change", (ev) => switchDevice(page.cam, ev.target.value, "camera"));
   $("interrupt").addEventListener("click", () => interrupt());
+  page.chat = setupChat({
+    form: $("chat-form"),
+    input: $("chat-input"),
+    button: $("chat-send"),
+    getRoom: () => (page.room?.state === ConnectionState.Connected ? page.room : null),
+    getAgentIdentity: () => page.agentIdentity,
+    show: (segment) => showSegments([segment], "you"),
+    fail: (e) => showError({ title: "Could not send the message", detail: e.message }),
+  });
   $("start-audio").addEventListener("click", async () => {
     await page.room?.startAudio();
     $("start-audio").hidden = page.room?.canPlaybackAudio ?? true;

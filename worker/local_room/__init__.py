@@ -4,7 +4,7 @@
 ``recorder`` reads the agent's published audio back, ``outbox`` keeps everything the agent sent.
 """
 
-from worker.local_room.outbox import AttributeUpdate, Outbox, SentData, SentTranscription
+from worker.local_room.outbox import AttributeUpdate, Outbox, SentData, SentText, SentTranscription
 from worker.local_room.recorder import SILENCE_PEAK, AudioRecorder, ReceivedFrame
 from worker.local_room.room import (
     EMITTED_EVENTS,
@@ -15,6 +15,7 @@ from worker.local_room.room import (
     Microphone,
     RemoteParticipant,
     RemoteTrackPublication,
+    TextStreamReader,
     VideoFeed,
     as_rtc_participant,
     as_rtc_room,
@@ -35,7 +36,9 @@ __all__ = [
     "RemoteParticipant",
     "RemoteTrackPublication",
     "SentData",
+    "SentText",
     "SentTranscription",
+    "TextStreamReader",
     "VideoFeed",
     "as_rtc_participant",
     "as_rtc_room",

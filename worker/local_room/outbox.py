@@ -47,6 +47,16 @@ class SentTranscription:
 
 
 @dataclass(frozen=True)
+class SentText:
+    """A text stream the agent sent (``send_text``)."""
+
+    text: str
+    topic: str
+    destination_identities: tuple[str, ...]
+    at: float
+
+
+@dataclass(frozen=True)
 class AttributeUpdate:
     changed: Mapping[str, str]
     at: float
@@ -58,6 +68,7 @@ class Outbox:
     def __init__(self) -> None:
         self.data: list[SentData] = []
         self.transcriptions: list[SentTranscription] = []
+        self.texts: list[SentText] = []
         self.attribute_updates: list[AttributeUpdate] = []
         self.published: list[LocalTrackPublication] = []
         self.unpublished: list[str] = []

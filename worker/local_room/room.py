@@ -48,17 +48,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import ClassVar, cast
 
 import numpy as np
 from livekit import rtc
 from livekit.agents.utils import shortuuid
+from livekit.rtc.data_stream import TextStreamHandler
 from livekit.rtc.participant import PublishDataError, PublishTrackError
 from livekit.rtc.room import EventTypes as RoomEventTypes
 
-from worker.local_room.outbox import AttributeUpdate, Outbox, SentData, SentTranscription
+from worker.local_room.outbox import AttributeUpdate, Outbox, SentData, SentText, SentTranscription
 from worker.local_room.recorder import AudioRecorder
 from worker.pipeline.adapter import end_track, set_track_sid
 
@@ -248,6 +249,38 @@ class LocalParticipant:
         self._room.outbox.notify()
         await asyncio.sleep(0)
 
+    async def send_text(
+        self,
+        text: str,
+        *,
+        destination_identities: list[str] | None = None,
+        topic: str = "",
+        attributes: dict[str, str] | None = None,
+        reply_to_id: str | None = None,
+    ) -> rtc.TextStreamInfo:
+        if not self._room.isconnected():
+            raise PublishDataError("the room is not connected")
+        info = rtc.TextStreamInfo(
+            stream_id=shortuuid("TS_"),
+            mime_type="text/plain",
+            topic=topic,
+            timestamp=int(time.time() * 1000),
+            size=len(text.encode("utf-8")),
+            attributes=dict(attributes or {}),
+            attachments=[],
+        )
+        self._room.outbox.texts.append(
+            SentText(
+                text=text,
+                topic=topic,
+                destination_identities=tuple(destination_identities or ()),
+                at=time.perf_counter(),
+            )
+        )
+        self._room.outbox.notify()
+        await asyncio.sleep(0)
+        return info
+
     def __repr__(self) -> str:
         return f"local_room.LocalParticipant(identity={self.identity})"
 
@@ -412,6 +445,32 @@ class VideoFeed:
         self.source.capture_frame(frame, timestamp_us=int(time.monotonic() * 1_000_000))
 
 
+class TextStreamReader:
+    """Stands in for ``rtc.TextStreamReader``: a text stream a participant sent, in chunks."""
+
+    DRIVER_MEMBERS: ClassVar[frozenset[str]] = frozenset({"DRIVER_MEMBERS"})
+
+    def __init__(self, info: rtc.TextStreamInfo, chunks: Sequence[str]) -> None:
+        self._info = info
+        self._chunks = list(chunks)
+
+    @property
+    def info(self) -> rtc.TextStreamInfo:
+        return self._info
+
+    def __aiter__(self) -> AsyncIterator[str]:
+        return self
+
+    async def __anext__(self) -> str:
+        await asyncio.sleep(0)  # chunks arrive one by one, as from the FFI
+        if not self._chunks:
+            raise StopAsyncIteration
+        return self._chunks.pop(0)
+
+    async def read_all(self) -> str:
+        return "".join([chunk async for chunk in self])
+
+
 class RemoteParticipant:
     """Stands in for ``rtc.RemoteParticipant``; also the handle a driver publishes media with."""
 
@@ -423,6 +482,7 @@ class RemoteParticipant:
             "publish_screen_share",
             "unpublish",
             "send_data",
+            "send_text_stream",
         }
     )
 
@@ -503,6 +563,25 @@ class RemoteParticipant:
             data=data, kind=kind, participant=as_rtc_participant(self), topic=topic
         )
         self._room.emit("data_received", packet)
+
+    def send_text_stream(self, text: str, *, topic: str, chunk_chars: int = 100) -> bool:
+        """Send a text stream to the agent, in chunks of ``chunk_chars`` characters, to the
+        handler registered for ``topic`` (as the SDK does); False when none is."""
+        handler = self._room._text_stream_handlers.get(topic)
+        if handler is None:
+            return False
+        info = rtc.TextStreamInfo(
+            stream_id=shortuuid("TS_"),
+            mime_type="text/plain",
+            topic=topic,
+            timestamp=int(time.time() * 1000),
+            size=len(text.encode("utf-8")),
+            attributes={},
+            attachments=[],
+        )
+        chunks = [text[i : i + chunk_chars] for i in range(0, len(text), chunk_chars)]
+        handler(TextStreamReader(info, chunks), self._identity)  # type: ignore[arg-type]
+        return True
 
     # -- internals -----------------------------------------------------------------------------
 
@@ -597,6 +676,7 @@ class LocalRoom(rtc.EventEmitter[RoomEventTypes]):
         self._remote: dict[str, RemoteParticipant] = {}
         self._subscribers: set[str] = set()  # remote identities that subscribe to agent tracks
         self._pending: set[asyncio.Handle] = set()
+        self._text_stream_handlers: dict[str, TextStreamHandler] = {}
         self.outbox = Outbox()
 
     # -- rtc.Room surface ----------------------------------------------------------------------
@@ -612,6 +692,14 @@ class LocalRoom(rtc.EventEmitter[RoomEventTypes]):
     @property
     def remote_participants(self) -> Mapping[str, RemoteParticipant]:
         return self._remote
+
+    def register_text_stream_handler(self, topic: str, handler: TextStreamHandler) -> None:
+        if topic in self._text_stream_handlers:
+            raise ValueError(f"text stream handler for topic '{topic}' already set")
+        self._text_stream_handlers[topic] = handler
+
+    def unregister_text_stream_handler(self, topic: str) -> None:
+        self._text_stream_handlers.pop(topic, None)
 
     def isconnected(self) -> bool:
         return self._connected

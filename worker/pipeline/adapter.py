@@ -18,6 +18,9 @@ VoicePipelineAgent (pipeline/pipeline_agent.py)
   ``_pending_agent_reply``, ``_speech_q``, ``_transcribed_text``, ``_synthesize_agent_reply``,
   ``_deferred_validation._last_final_transcript``: withdrawing a reply that has not made a
   sound when the user speaks again, and asking again at once.
+  ``_validate_reply_if_possible``, ``_last_speech_time`` (with ``_transcribed_text`` and
+  ``_synthesize_agent_reply``): a typed chat message answered as a user turn (0.12 has no
+  public entry for text the user did not speak); no end-of-utterance metric for it.
   ``_nested_speech_done_fut`` (SpeechHandle): waiting out the window in which ``say()`` would
   be nested into a finishing speech and lost.
   ``_update_state``: publishing ``lk.agent.state`` the way the agent does.
@@ -91,6 +94,8 @@ PRIVATE_MEMBERS: frozenset[str] = frozenset(
         "_speech_q",
         "_transcribed_text",
         "_synthesize_agent_reply",
+        "_validate_reply_if_possible",
+        "_last_speech_time",
         "_deferred_validation",
         "_last_final_transcript",
         "_nested_speech_done_fut",
@@ -255,6 +260,23 @@ class VoicePipeline:
 
     def interrupt(self) -> None:
         self._agent.interrupt()
+
+    def reply_to_text(self, text: str) -> str | None:
+        """Answer ``text`` the user typed as if they had just said it: it is the user's turn
+        (joined to words they spoke and were not answered yet), committed to the context when
+        the reply plays, as a spoken turn is. A playing reply that allows interruptions is
+        interrupted, as by speech. Returns the reply's id (None: the playing reply may not be
+        interrupted; the text then waits for the next turn, as a transcript would)."""
+        agent = self._agent
+        playing = agent._playing_speech
+        if playing is not None and playing.allow_interruptions and not playing.interrupted:
+            playing.interrupt()
+        agent._transcribed_text = f"{agent._transcribed_text} {text}".strip()
+        agent._last_speech_time = None  # no end of utterance to measure: nothing was spoken
+        agent._synthesize_agent_reply()
+        reply = agent._pending_agent_reply
+        agent._validate_reply_if_possible()
+        return reply.id if reply is not None and agent._pending_agent_reply is None else None
 
     def playing_reply(self) -> Reply | None:
         """The reply being played: commit events fire while their reply is the playing one."""

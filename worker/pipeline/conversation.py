@@ -32,6 +32,7 @@ from livekit.agents import llm, utils, vad
 from worker.config import END_OF_TURN_DELAY_MS
 from worker.pipeline.adapter import Reply, VoicePipeline, played_text
 from worker.pipeline.context import ContextLimits, trim_chat_context
+from worker.pipeline.speakable import speakable, speakable_stream
 from worker.room_io.utterance_audio import TappedVAD, UtteranceAudio, UtteranceAudioOptions
 from worker.room_io.video import VIDEO_SOURCES, ImageOptions, VideoCapture
 from worker.tools.runner import (
@@ -166,6 +167,14 @@ class Conversation:
     async def say(self, text: str) -> None:
         await self.pipeline.say(text)
 
+    def reply_to_text(self, text: str) -> str | None:
+        """A chat message the user typed, answered by voice like a spoken turn (see
+        ``VoicePipeline.reply_to_text``); returns the reply's id. The turn's latency counts
+        from now (the message's arrival)."""
+        if self._observer is not None:
+            self._observer.on_user_stopped_speaking(time.perf_counter())
+        return self.pipeline.reply_to_text(text)
+
     async def start(self) -> None:
         participant = self._room.remote_participants.get(self._identity)
         if participant is None:
@@ -228,7 +237,9 @@ class Conversation:
     def before_tts(
         self, sequence_id: str | None, source: str | AsyncIterable[str]
     ) -> str | AsyncIterable[str]:
-        """Runs when a reply's text starts towards TTS: stamp its first text for the metrics."""
+        """Runs when a reply's text starts towards TTS: make it speakable (the transcript keeps
+        the original), and stamp its first text for the metrics."""
+        source = speakable(source) if isinstance(source, str) else speakable_stream(source)
         observer = self._observer
         if observer is None or sequence_id is None:
             return source

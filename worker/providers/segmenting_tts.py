@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import re
 from collections.abc import AsyncIterable
@@ -38,6 +39,7 @@ from dataclasses import dataclass, field
 
 from livekit import rtc
 from livekit.agents import APIConnectOptions, tokenize, tts, utils
+from livekit.agents.tokenize.tokenizer import SentenceStream
 
 from worker.pipeline.adapter import TTSFlush, tts_conn_options, without_retries
 from worker.providers.errors import describe_failure, failure_metric
@@ -51,6 +53,66 @@ _NOT_A_SENTENCE_END = re.compile(
     r"(?:\b(?:Mr|Mrs|Ms|Dr|St|Prof|Sr|Jr|vs|etc|e\.g|i\.e)|\b[A-Za-z]|\d)\.$"
 )
 """A period after an abbreviation, an initial or a digit ("Dr.", "U.", "3." of "3.5")."""
+_NOT_A_SENTENCE_END_ANY_LANGUAGE = re.compile(r"\d\.$")
+"""Languages other than English: only the digit rule ("3." of "3.5") holds everywhere."""
+_PLAIN_SENTENCE_END = re.compile(
+    r"(?:(?<!\d)[.!?\u2026]+[\"'\u201d\u00bb)]*\s+|[\u3002\uff01\uff1f]+\s*)"
+)
+"""End of a sentence in any language: . ! ? ... followed by a space (not the point of "3.5"),
+or a CJK full stop/exclamation/question mark."""
+
+
+def is_english(language: str) -> bool:
+    return language.split("-", 1)[0].lower() in ("en", "english")
+
+
+def split_plain_sentences(text: str, min_sentence_len: int = 20) -> list[tuple[str, int, int]]:
+    """The framework's ``split_sentences`` contract without its English rules (abbreviations
+    such as "Mr.", sentence starters such as "He "): for every language but English."""
+    pieces: list[tuple[str, int, int]] = []
+    start = 0
+    for match in _PLAIN_SENTENCE_END.finditer(text):
+        pieces.append((text[start : match.end()], start, match.end()))
+        start = match.end()
+    if start < len(text):
+        pieces.append((text[start:], start, len(text)))
+    sentences: list[tuple[str, int, int]] = []
+    buf, buf_start = "", 0
+    for piece, piece_start, piece_end in pieces:
+        if not piece.strip():
+            continue
+        if not buf:
+            buf_start = piece_start
+        buf = f"{buf} {piece.strip()}" if buf else piece.strip()
+        if len(buf) > min_sentence_len:
+            sentences.append((buf, buf_start, piece_end))
+            buf = ""
+    if buf:
+        sentences.append((buf, buf_start, len(text)))
+    return sentences
+
+
+class SentenceTokenizer(tokenize.SentenceTokenizer):
+    """The framework's basic tokenizer for English; :func:`split_plain_sentences` otherwise."""
+
+    def __init__(self, language: str = "en", *, min_sentence_len: int = 20) -> None:
+        self._english = is_english(language)
+        self._min = min_sentence_len
+        self._basic = tokenize.basic.SentenceTokenizer(min_sentence_len=min_sentence_len)
+
+    def tokenize(self, text: str, *, language: str | None = None) -> list[str]:
+        if self._english:
+            return self._basic.tokenize(text)
+        return [s for s, _, _ in split_plain_sentences(text, self._min)]
+
+    def stream(self, *, language: str | None = None) -> SentenceStream:
+        if self._english:
+            return self._basic.stream()
+        return tokenize.token_stream.BufferedSentenceStream(
+            tokenizer=functools.partial(split_plain_sentences, min_sentence_len=self._min),
+            min_token_len=self._min,
+            min_ctx_len=10,
+        )
 
 
 @dataclass(frozen=True)
@@ -68,6 +130,8 @@ class SegmenterOptions:
     """The first segment ends as soon as a sentence mark arrives (unless it follows an
     abbreviation, an initial or a digit) instead of when the next word begins: one token less
     to wait for before the TTS starts (bench/voice.py measures the voice-path overhead)."""
+    language: str = "en"
+    """BCP-47 (LANGUAGE): English abbreviation and initial rules apply to English only."""
 
 
 class TextSegmenter:
@@ -82,8 +146,12 @@ class TextSegmenter:
 
     def __init__(self, options: SegmenterOptions | None = None) -> None:
         self._opts = options or SegmenterOptions()
-        self._first = tokenize.basic.SentenceTokenizer(min_sentence_len=self._opts.first_min_chars)
-        self._rest = tokenize.basic.SentenceTokenizer(min_sentence_len=self._opts.min_sentence_len)
+        language = self._opts.language
+        self._first = SentenceTokenizer(language, min_sentence_len=self._opts.first_min_chars)
+        self._rest = SentenceTokenizer(language, min_sentence_len=self._opts.min_sentence_len)
+        self._not_an_end = (
+            _NOT_A_SENTENCE_END if is_english(language) else _NOT_A_SENTENCE_END_ANY_LANGUAGE
+        )
         marks = re.escape(self._opts.clause_marks)
         self._clause = re.compile(rf"[{marks}](?=\s+\S)") if marks else None
         self._buf = ""
@@ -143,7 +211,7 @@ class TextSegmenter:
         if (
             buf.endswith(_SENTENCE_MARKS)
             and len(buf) >= self._opts.first_min_chars
-            and not _NOT_A_SENTENCE_END.search(buf)
+            and not self._not_an_end.search(buf)
         ):
             return len(buf)
         return None

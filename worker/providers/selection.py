@@ -11,10 +11,20 @@ from livekit.plugins import deepgram
 
 from plugins.openai_llm import LLM
 from plugins.silero_vad import VAD as SileroVAD
-from worker.config import Settings
+from worker.config import Settings, default_deepgram_voice
+from worker.providers.segmenting_tts import SentenceTokenizer
 
-LOCAL_MAX_OUTPUT_TOKENS = 120
-"""Tiny local models ramble: keep their spoken answers short."""
+LOCAL_MAX_OUTPUT_TOKENS = 60
+"""Tiny local models ramble: keep their spoken answers to a sentence or two."""
+LOCAL_TEMPERATURE = 0.2
+"""A 135M model drifts into other languages and invented words at the default temperature."""
+LOCAL_INSTRUCTIONS = (
+    "You are a helpful AI assistant named SmolLM, trained by Hugging Face. "
+    "Answer in one short sentence."
+)
+"""The bundled local model's own system prompt (used unless AGENT_INSTRUCTIONS is set): the
+identity it was tuned with plus one plain instruction; a 135M model loses the thread in the
+longer voice-assistant prompt (bench/offline_answers.py, README's offline section)."""
 NO_KEY = "no-key"
 """Sent as the API key to servers that were given none (local servers ignore it)."""
 SERVER_TOOL_CHOICE = None
@@ -51,6 +61,8 @@ def build_stt(settings: Settings, *, http_session: aiohttp.ClientSession | None)
         api_key=settings.deepgram_api_key.reveal(),
         base_url=settings.deepgram_stt_url,
         http_session=http_session,
+        model=settings.deepgram_stt_model,
+        language=settings.language,  # "multi": code-switching (checked against the model)
     )
 
 
@@ -58,11 +70,15 @@ def build_tts(settings: Settings, *, http_session: aiohttp.ClientSession | None)
     if settings.tts_provider == "piper":
         from plugins.piper_tts import TTS as PiperTTS
 
-        return PiperTTS()
+        return PiperTTS(
+            voice=settings.piper_voice or None,
+            sentence_tokenizer=SentenceTokenizer(settings.language),
+        )
     return deepgram.TTS(
         api_key=settings.deepgram_api_key.reveal(),
         base_url=settings.deepgram_tts_url,
         http_session=http_session,
+        model=settings.deepgram_tts_voice or default_deepgram_voice(settings.language),
     )
 
 
@@ -81,7 +97,8 @@ def build_llm(settings: Settings, *, base_url: str | None = None) -> LLM:
         base_url=base_url or settings.openai_base_url or None,
         api_key=settings.openai_api_key.reveal() or None,
         audio_input=settings.llm_audio_input,
-        max_output_tokens=LOCAL_MAX_OUTPUT_TOKENS if local else None,
+        max_output_tokens=LOCAL_MAX_OUTPUT_TOKENS if local else settings.llm_max_tokens,
+        temperature=LOCAL_TEMPERATURE if local else None,
         max_tokens_field="max_tokens" if local else "max_completion_tokens",
         image_input=not local,  # the bundled local model (SmolLM2) has no vision
         tool_choice=SERVER_TOOL_CHOICE,
@@ -104,5 +121,6 @@ def build_fallback_llm(settings: Settings) -> LLM | None:
         # never None: the plugin would then read OPENAI_API_KEY from the environment
         api_key=key or NO_KEY,
         audio_input=settings.llm_audio_input,
+        max_output_tokens=settings.llm_max_tokens,
         tool_choice=SERVER_TOOL_CHOICE,
     )

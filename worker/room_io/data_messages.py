@@ -216,6 +216,14 @@ class DataMessageRouter:
         """Handle the built-in ``agent.control`` topic."""
         self.route(CONTROL_TOPIC, parse_control, handler, senders=senders)
 
+    def record(self, outcome: str, sender: str | None, topic: str) -> None:
+        """Count a message that arrived another way than a data packet (a text stream, read by
+        its own reader): ``accepted``, or one of :data:`REJECTIONS` (logged once per kind)."""
+        if outcome == "accepted":
+            self._counts["accepted"] += 1
+        else:
+            self._reject(outcome, sender, topic)
+
     def stats(self) -> dict[str, int]:
         """Counts: ``accepted``, ``ignored`` (unknown topic) and one per rejection kind."""
         return dict(self._counts)

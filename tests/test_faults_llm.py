@@ -8,6 +8,7 @@ accounted for in the metrics, and no fake key appears in any output.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from livekit.agents import APIConnectOptions
@@ -22,8 +23,9 @@ from worker.tools.runner import ToolRunningLLMOptions
 APOLOGY = "Sorry, I lost my train of thought. Please say that again."
 FAST_RETRIES = ToolRunningLLMOptions(
     apology=APOLOGY,
-    # short timeout (a stalled stream is noticed in 1.5 s) and short pauses between retries
-    llm_conn_options=APIConnectOptions(max_retry=3, retry_interval=0.3, timeout=1.5),
+    # a stalled stream is given up after 5 s: long enough that a loopback answer on a loaded
+    # machine is never mistaken for a stall (the request counts below are exact), short pauses
+    llm_conn_options=APIConnectOptions(max_retry=3, retry_interval=0.3, timeout=5.0),
 )
 OPTIONS = ConversationOptions(instructions="Be brief.", tools=FAST_RETRIES)
 
@@ -142,12 +144,17 @@ async def test_a_failure_after_the_first_token_is_not_repeated_and_a_total_failu
     assert (session["turns"], session["apologised_turns"], session["error_turns"]) == (3, 1, 2)
 
 
-async def test_a_fallback_llm_takes_over_when_the_primary_fails(
+async def test_a_fallback_llm_takes_over_probes_the_primary_and_hands_back_when_it_recovers(
     make_faulty_session: SessionFactory,
 ) -> None:
+    primary_up = False
+
+    def primary(body: dict[str, Any]) -> Reply | Fault:
+        return Reply(text="Primary back.") if primary_up else Fault(500, "primary down")
+
     async with OpenAIServer(lambda body: Reply(text="Fallback here.")) as fallback:
         h = await make_faulty_session(
-            lambda body: Fault(500, "primary down"),
+            primary,
             options=OPTIONS,
             env={"LLM_FALLBACK_BASE_URL": fallback.base_url, "LLM_FALLBACK_MODEL": "backup"},
         )
@@ -155,22 +162,45 @@ async def test_a_fallback_llm_takes_over_when_the_primary_fails(
         assert isinstance(adapter, FallbackLLM)
 
         assert await take_turn(h, "first question", 1) == "Fallback here."
-        # the primary was tried (and retried once) before the fallback answered
+        # the primary was tried and retried once (max_retry_per_llm=1) before the fallback
+        # was asked (the background probe's first request may race the fallback's)
+        assert len(fallback.requests) == 1
+        first_fallback = fallback.requests[0]
         assert len(h.oai.requests) >= 2
-        assert fallback.requests[0].body["model"] == "backup"
-        assert last_user_text(fallback.requests[0].body) == "first question"
+        assert all(r.received_at < first_fallback.received_at for r in h.oai.requests[:2])
+        assert first_fallback.body["model"] == "backup"
+        assert last_user_text(first_fallback.body) == "first question"
         # the fallback runs on another server: it never gets the OpenAI key
-        sent_key = fallback.requests[0].headers["Authorization"]
-        assert sent_key == "Bearer no-key"
-        # the failed primary is probed in the background (owned, closed with the adapter)
-        probes = recovery_tasks(adapter)
-        assert all(not t.done() for t in probes)
+        assert first_fallback.headers["Authorization"] == "Bearer no-key"
 
-        # the next turn goes straight to the fallback
+        # the failed primary is probed in the background with the same request (one probe,
+        # retried once): two more requests reach it, and the probe task ends (still down)
+        await h.wait_for_requests(4)
+        probes = h.oai.requests[2:]
+        assert [last_user_text(r.body) for r in probes] == ["first question"] * 2
+        async with asyncio.timeout(10):
+            while recovery_tasks(adapter):
+                await asyncio.sleep(0.05)
+        assert len(h.oai.requests) == 4
+
+        # the primary is back, but it is still marked down: the next turn goes straight to the
+        # fallback (had the primary been asked, it would have answered "Primary back.") and
+        # probes the primary alongside; the probe's answer is not spoken
+        primary_up = True
         assert await take_turn(h, "second question", 2) == "Fallback here."
         assert last_user_text(fallback.requests[-1].body) == "second question"
-        reported = await wait_for_turns(h, 2)
-        assert [t["outcome"] for t in reported] == ["answered", "answered"]
+        assert len(fallback.requests) == 2
+        await h.wait_for_requests(5)
+        assert last_user_text(h.oai.requests[4].body) == "second question"
+        assert len(h.oai.requests) == 5  # the probe, no turn request
+
+        # the probe succeeded: the third turn is the primary's again, the fallback is not asked
+        assert await take_turn(h, "third question", 3) == "Primary back."
+        assert len(fallback.requests) == 2
+        assert last_user_text(h.oai.requests[-1].body) == "third question"
+        assert " ".join(f.text for f in h.dg.flushes).split().count("Primary") == 1
+        reported = await wait_for_turns(h, 3)
+        assert [t["outcome"] for t in reported] == ["answered"] * 3
 
         await h.aclose()  # closes the adapter: probes stopped, both clients closed
         assert recovery_tasks(adapter) == []

@@ -36,6 +36,7 @@ SENTENCES = [
     "Do you want the forecast for tomorrow as well?",
 ]
 REPLY = " ".join(SENTENCES)
+TEXT_ONLY_SECONDS_PER_CHAR = 0.05
 API_ERRORS = {"APIStatusError", "APIConnectionError", "APITimeoutError"}
 """What the plugin's failures are called (a refused upgrade, a socket closed mid-audio)."""
 
@@ -51,7 +52,12 @@ async def segmenting(server: DeepgramLoopback) -> AsyncIterator[tuple[Segmenting
     async with aiohttp.ClientSession() as http:
         inner = deepgram.TTS(base_url=server.tts_url, http_session=http, api_key="fake-key")
         wrapper = SegmentingTTS(
-            inner, SegmentingTTSOptions(retry=SegmentRetryOptions(retry_delay=0.05))
+            inner,
+            SegmentingTTSOptions(
+                retry=SegmentRetryOptions(
+                    retry_delay=0.05, text_only_seconds_per_char=TEXT_ONLY_SECONDS_PER_CHAR
+                )
+            ),
         )
         errors: list[Any] = []
         wrapper.on("metrics_collected", lambda m: errors.append(m.error) if m.error else None)
@@ -139,8 +145,8 @@ async def test_a_tts_that_keeps_failing_turns_the_rest_into_timed_silence(
     events = await speak_reply(wrapper, REPLY)
 
     assert audible(events) == 0
-    per_char = wrapper.retry.text_only_seconds_per_char
-    assert seconds(events) >= len(REPLY.replace(" ", "")) * per_char * 0.9
+    # the text "played" as silence, 0.05 s per character (as configured in the fixture)
+    assert seconds(events) >= len(REPLY.replace(" ", "")) * 0.05 * 0.9
     assert [e.recovered for e in errors] == [True, True, False]
     assert events[-1].is_final
 

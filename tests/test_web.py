@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import gc
 import itertools
 import json
 import math
@@ -31,6 +32,7 @@ import aiohttp
 import pytest
 import pytest_asyncio
 from aiohttp import web
+from livekit.protocol import models
 from livekit.agents.metrics import (
     PipelineEOUMetrics,
     PipelineLLMMetrics,
@@ -39,8 +41,11 @@ from livekit.agents.metrics import (
     PipelineVADMetrics,
 )
 
+from tests.conftest import _describe_error, _known_plugin_error, build_harness
+from tests.loopback.openai_server import Reply
 from worker.config import Settings, load_settings
 from worker.local_room import LocalRoom
+from worker.local_room.outbox import SentTranscription
 from worker.metrics.collector import MetricsOptions, RoomSink, SessionMetrics
 from worker.web import STATIC_DIR, create_app
 
@@ -137,12 +142,12 @@ async def test_the_page_and_its_files_never_carry_a_secret() -> None:
 
 
 def test_the_built_page_matches_its_sources(tmp_path: Path) -> None:
-    """worker/static/app.js is the committed build of web/src. It is rebuilt and compared when
-    web/node_modules is there (`npm ci` in web/)."""
+    """worker/static/app.js is the committed build of web/src: rebuilt and compared (node and
+    `npm ci` in web/ are part of the test setup: .ci/run installs them)."""
     assert (STATIC_DIR / "app.js").stat().st_size > 100_000  # livekit-client is bundled in
     node = shutil.which("node")
-    if node is None or not (ROOT / "web" / "node_modules" / "esbuild").is_dir():
-        return
+    assert node is not None, "node is not installed (apt-get install nodejs npm)"
+    assert (ROOT / "web" / "node_modules" / "esbuild").is_dir(), "run `npm ci` in web/"
     subprocess.run(
         [node, str(ROOT / "web" / "build.mjs"), "--outdir", str(tmp_path)],
         check=True,
@@ -530,19 +535,105 @@ async def page(browser: Browser) -> AsyncIterator[Page]:
 browser_test = pytest.mark.asyncio(loop_scope="module")
 
 
-async def feed(page: Page, payloads: list[bytes]) -> list[bool]:
-    """Hand each data message's bytes to the page's own data-message handler."""
-    encoded = json.dumps([base64.b64encode(p).decode() for p in payloads])
-    return list(
-        await page.eval(
-            f"""(async () => {{
-              const handled = {encoded}.map((b64) => window.__agentMetrics.receive(
-                Uint8Array.from(atob(b64), (c) => c.charCodeAt(0)), {json.dumps(TOPIC)}));
-              await new Promise((r) => requestAnimationFrame(() => r()));
-              return handled;
-            }})()"""
-        )
-    )
+# --- feeding the page's livekit-client Room what a LiveKit server would send ------------------
+#
+# No LiveKit server runs here, so the packets the server would forward are handed to the page's
+# own Room (window.agentRoom) where its signalling and data channel code delivers them:
+# ``handleDataPacket`` (a decoded DataPacket), ``handleTranscription`` and
+# ``handleParticipantUpdates`` (ParticipantInfo, as in a ParticipantUpdate). livekit-client then
+# builds its RemoteParticipant, transcription segments and attribute diffs and emits the Room
+# events (DataReceived, TranscriptionReceived, ParticipantConnected,
+# ParticipantAttributesChanged) the page subscribes to. A page that does not subscribe shows
+# nothing.
+
+AGENT_KIND = int(models.ParticipantInfo.Kind.AGENT)
+ACTIVE = int(models.ParticipantInfo.State.ACTIVE)
+RELIABLE = int(models.DataPacket.Kind.RELIABLE)
+
+FEED_ROOM = """(async (events) => {
+  const room = window.agentRoom, frame = () => new Promise((r) => requestAnimationFrame(r));
+  const states = [];
+  for (const e of events) {
+    if (e.kind === 'joined') {
+      room.localParticipant.identity = e.identity;  // what the join response sets
+      room.state = 'connected';
+    } else if (e.kind === 'data') {
+      const payload = Uint8Array.from(atob(e.payload), (c) => c.charCodeAt(0));
+      room.handleDataPacket({participantIdentity: e.from, kind: e.reliable, destinationIdentities: [],
+        value: {case: 'user', value: {participantIdentity: e.from, payload, topic: e.topic,
+                                     destinationIdentities: []}}});
+    } else if (e.kind === 'transcription') {
+      room.handleTranscription(undefined, {transcribedParticipantIdentity: e.identity,
+        trackId: e.track, segments: e.segments.map((s) => ({...s, startTime: BigInt(s.startTime),
+                                                              endTime: BigInt(s.endTime)}))});
+    } else if (e.kind === 'participant') {
+      room.handleParticipantUpdates([{sid: 'PA_' + e.identity, identity: e.identity, name: '',
+        metadata: '', attributes: e.attributes, kind: e.participantKind, state: e.state,
+        version: e.version, tracks: [], dataTracks: [], disconnectReason: 0}]);
+      await frame();
+      states.push(document.getElementById('agent-state').textContent);
+    }
+  }
+  await frame();
+  return states;
+})"""
+
+
+def joined(identity: str) -> dict[str, Any]:
+    return {"kind": "joined", "identity": identity}
+
+
+def data_packet(payload: bytes, topic: str = TOPIC, sender: str = "agent") -> dict[str, Any]:
+    return {
+        "kind": "data",
+        "payload": base64.b64encode(payload).decode(),
+        "topic": topic,
+        "from": sender,
+        "reliable": RELIABLE,
+    }
+
+
+def transcription_packet(sent: SentTranscription) -> dict[str, Any]:
+    return {
+        "kind": "transcription",
+        "identity": sent.participant_identity,
+        "track": sent.track_sid,
+        "segments": [
+            {
+                "id": s.id,
+                "text": s.text,
+                "startTime": s.start_time,
+                "endTime": s.end_time,
+                "final": s.final,
+                "language": s.language,
+            }
+            for s in sent.segments
+        ],
+    }
+
+
+def participant_update(
+    identity: str, attributes: dict[str, str], version: int, kind: int = AGENT_KIND
+) -> dict[str, Any]:
+    return {
+        "kind": "participant",
+        "identity": identity,
+        "attributes": attributes,
+        "version": version,
+        "participantKind": kind,
+        "state": ACTIVE,
+    }
+
+
+async def feed_room(page: Page, events: list[dict[str, Any]]) -> list[str]:
+    """Deliver ``events`` to the page's Room in order; the agent-state badge's text after each
+    participant update."""
+    return list(await page.eval(f"{FEED_ROOM}({json.dumps(events)})"))
+
+
+async def feed(page: Page, payloads: list[bytes], topic: str = TOPIC) -> None:
+    """Data messages from the agent, as the Room receives them."""
+    await feed_room(page, [data_packet(p, topic) for p in payloads])
 
 
 READ_VIEW = """(() => {
@@ -604,7 +695,7 @@ async def test_recorded_metrics_render_as_chart_table_and_usage(page: Page) -> N
         await page.open(server.url)
         live, final = messages[:-1], messages[-1:]
         assert payloads[-1]["type"] == "session"
-        assert await feed(page, live) == [True] * len(live)
+        await feed(page, live)
         view = await page.eval(READ_VIEW)
 
         # live usage: the page adds up the llm/tts/stt messages itself
@@ -653,7 +744,7 @@ async def test_recorded_metrics_render_as_chart_table_and_usage(page: Page) -> N
         assert view["text"]["e2e-count"] == "6"
 
         # the session message's totals replace the live ones
-        assert await feed(page, final) == [True]
+        await feed(page, final)
         view = await page.eval(READ_VIEW)
         assert view["text"]["usage-prompt"] == f"{session['llm_prompt_tokens']:,}"
         assert view["text"]["usage-completion"] == str(session["llm_completion_tokens"])
@@ -664,47 +755,116 @@ async def test_recorded_metrics_render_as_chart_table_and_usage(page: Page) -> N
         assert view["text"]["usage-source"].startswith("Final totals")
 
         # not ours: other topics, unknown schema versions, broken JSON; `dropped` is shown
-        ignored = await page.eval(
-            """(() => {
-              const m = window.__agentMetrics, bytes = (s) => new TextEncoder().encode(s);
-              return [m.receive(bytes('{"v":1,"type":"turn"}'), 'chat'),
-                      m.receive(bytes('{"v":2,"type":"turn"}')),
-                      m.receive(bytes('{"v":1,')),
-                      m.handle({v: 1, type: 'stt', ts: 1, audio_duration: 0, dropped: 3})];
-            })()"""
-        )
-        assert ignored == [False, False, False, True]
-        await page.eval("new Promise((r) => requestAnimationFrame(() => r()))")
+        turn = json.dumps({"v": 1, "type": "turn", "ts": 1, "e2e_latency": 0.5}).encode()
+        await feed(page, [turn], topic="chat")
+        await feed(page, [turn.replace(b'"v": 1', b'"v": 2'), b'{"v":1,'])
+        assert await page.text("e2e-count") == "6"
+        stt = {"v": 1, "type": "stt", "ts": 1, "audio_duration": 0, "dropped": 3}
+        await feed(page, [json.dumps(stt).encode()])
         assert await page.text("usage-dropped") == "3"
         assert await page.text("e2e-count") == "6"
-
-        # transcripts (interim then final, one line per segment) and the agent's state
-        await page.eval(
-            """(() => {
-              const p = window.__agentPage;
-              p.showSegments([{id: 'u1', text: 'what time is', final: false}], 'you');
-              p.showSegments([{id: 'u1', text: 'What time is it in Paris?', final: true}], 'you');
-              p.showSegments([{id: 'a1', text: 'It is noon in Paris.', final: true}], 'agent');
-              p.setAgentState('thinking');
-            })()"""
-        )
-        transcript = await page.eval(
-            """[...document.querySelectorAll('#transcript li')].map((li) => [li.className,
-                 li.querySelector('.speaker').textContent,
-                 li.querySelector('.text').textContent])"""
-        )
-        assert transcript == [
-            ["you", "You", "What time is it in Paris?"],
-            ["agent", "Agent", "It is noon in Paris."],
-        ]
-        assert await page.text("agent-state") == "Thinking"
-        await page.eval("window.__agentPage.setAgentState('listening')")
 
         await page.eval("document.querySelector('details').open = true")
         await page.screenshot(ARTIFACTS / "web.png", 1280)
         await page.screenshot(ARTIFACTS / "web-phone.png", 390, mobile=True)
         width = await page.eval("document.documentElement.scrollWidth")
         assert width <= 390
+        assert page.exceptions() == []
+
+
+@dataclass(frozen=True)
+class RecordedSession:
+    """What a real session (make_session's harness: VAD, Deepgram and LLM loopbacks, the
+    in-process room) sent into the room for one greeting and one question, in order."""
+
+    agent: str
+    user: str
+    events: list[dict[str, Any]]  # data, transcription and participant packets, in order
+    states: list[str]  # every lk.agent.state value the agent set, in order
+
+
+GREETING = "Hello, ask me anything."
+QUESTION = "What time is it in Paris?"
+ANSWER = "It is noon in Paris."
+
+
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def recorded_session() -> RecordedSession:
+    loop = asyncio.get_running_loop()
+    errors: list[dict[str, Any]] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _loop, context: errors.append(context))
+    h = await build_harness(
+        lambda body: Reply(text=ANSWER), env={"AGENT_GREETING": GREETING, "METRICS_TOPIC": TOPIC}
+    )
+    agent = h.room.local_participant.identity
+    try:
+        await h.wait_for_replies(1, timeout=30)  # the greeting
+        await h.utter(QUESTION)
+        await h.wait_for_replies(2, timeout=30)
+        await h.room.outbox.wait_for(
+            lambda: h.room.outbox.attribute_values("lk.agent.state")[-1:] == ["listening"]
+            and any(t.final and t.text == ANSWER for t in h.room.outbox.transcriptions_of(agent))
+        )
+    finally:
+        await h.aclose()  # the session message is published while the room is connected
+        gc.collect()  # futures whose exception nobody retrieved report it when collected
+        loop.set_exception_handler(previous)
+    unexpected = [e for e in errors if not _known_plugin_error(e)]
+    assert not unexpected, "\n".join(_describe_error(e) for e in unexpected)
+    outbox = h.room.outbox
+    timed: list[tuple[float, dict[str, Any]]] = [
+        (d.at, data_packet(d.payload, d.topic, agent)) for d in outbox.data
+    ]
+    timed += [(t.at, transcription_packet(t)) for t in outbox.transcriptions]
+    attributes: dict[str, str] = {}
+    for version, update in enumerate(outbox.attribute_updates, 1):
+        attributes = {**attributes, **update.changed}
+        timed.append((update.at, participant_update(agent, attributes, version)))
+    timed.sort(key=lambda item: item[0])
+    return RecordedSession(
+        agent=agent,
+        user=h.user.identity,
+        events=[event for _, event in timed],
+        states=outbox.attribute_values("lk.agent.state"),
+    )
+
+
+STATE_TEXT = {
+    "initializing": "Getting ready",
+    "listening": "Listening",
+    "thinking": "Thinking",
+    "speaking": "Speaking",
+}
+READ_TRANSCRIPT = """[...document.querySelectorAll('#transcript li')].map((li) => [li.className,
+  li.querySelector('.speaker').textContent, li.querySelector('.text').textContent])"""
+
+
+@browser_test
+async def test_a_recorded_session_through_the_room_events(
+    page: Page, recorded_session: RecordedSession
+) -> None:
+    """The page shows what its Room receives: the agent's state after every attribute change,
+    both speakers' transcripts, and the session's metrics."""
+    rec = recorded_session
+    assert rec.states[0] == "initializing" and rec.states[-1] == "listening"
+    assert {"thinking", "speaking"} <= set(rec.states)
+    async with serving(create_app(with_keys())) as server:
+        await page.open(server.url)
+        assert await page.text("agent-state") == "Not in the room"
+        shown = await feed_room(page, [joined(rec.user), *rec.events])
+        assert shown == [STATE_TEXT[s] for s in rec.states]
+        assert await page.eval(READ_TRANSCRIPT) == [
+            ["agent", "Agent", GREETING],
+            ["you", "You", QUESTION],
+            ["agent", "Agent", ANSWER],
+        ]
+        # two turns (the greeting has no end of speech, so no e2e), final totals
+        assert await page.text("e2e-count") == "2"
+        assert len(await page.eval("[...document.querySelectorAll('#latency-chart .point')]"
+                                   ".filter((p) => p.parentNode.dataset.series === 'e2e')")) == 1
+        assert await page.text("usage-turns") == "2 (0)"
+        assert (await page.text("usage-source")).startswith("Final totals")
         assert page.exceptions() == []
 
 

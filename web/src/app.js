@@ -28,7 +28,7 @@ const $ = (id) => document.getElementById(id);
 const page = {
   config: { livekit_url: "", metrics_topic: "agent.metrics", tokens: false, agent_name: "", room_prefix: "web-" },
   accessToken: takeAccessToken(),
-  room: null,
+  room: null, // `lkRoom` while connecting or connected
   mic: null, // LocalAudioTrack, kept across connections
   cam: null, // LocalVideoTrack
   micMeter: null,
@@ -37,6 +37,9 @@ const page = {
   segments: new Map(), // transcription segment id -> <li>
 };
 const model = new MetricsModel();
+/** One livekit-client Room for the page's lifetime (a Room connects again after a disconnect),
+ * wired once: what the page shows comes from its events. */
+const lkRoom = new Room({ adaptiveStream: true, dynacast: true });
 
 // --- errors a person can act on ------------------------------------------------------------
 
@@ -224,16 +227,14 @@ async function connect() {
   clearError();
   setConnectionState("connecting", "Connecting…");
   resetSessionView();
-  const room = new Room({ adaptiveStream: true, dynacast: true });
+  const room = lkRoom;
   page.room = room;
-  wireRoom(room);
   let grant;
   try {
     grant = await fetchToken(roomName);
     await room.connect(grant.url, grant.token);
   } catch (e) {
-    page.room = null;
-    room.removeAllListeners();
+    page.room = null; // before disconnecting: its Disconnected event is not a call ending
     await room.disconnect(false).catch(() => {}); // keep the microphone/camera the person turned on
     setConnectionState("disconnected", "Not connected");
     const info = e instanceof PageServerError ? e.info : explainConnectError(e, grant?.url ?? page.config.livekit_url);
@@ -704,19 +705,10 @@ function init() {
     }
   }).observe($("latency-chart"));
 
-  // The page's own entry points, also used by the tests: metrics payloads (objects or the raw
-  // data-message bytes), transcript segments and the agent's state.
-  window.__agentMetrics = {
-    handle: handleMetrics,
-    receive: (bytes, topic = page.config.metrics_topic) => receiveData(bytes, topic),
-    model,
-    render: renderMetrics,
-  };
-  window.__agentPage = {
-    showSegments,
-    setAgentState,
-    config: () => ({ ...page.config }),
-  };
+  wireRoom(lkRoom);
+  // The page's Room, for the browser's console (and the tests, which feed it what a LiveKit
+  // server would send: data packets, transcriptions, participant updates).
+  window.agentRoom = lkRoom;
   loadConfig().then(() => {
     document.body.dataset.ready = "true";
   });

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 
+import aiohttp
+
 from livekit.agents import AutoSubscribe, JobContext
 from livekit.agents import vad as agents_vad
 from livekit.protocol import agent as agent_proto
@@ -32,11 +34,21 @@ def requested_identity(job: agent_proto.Job) -> str | None:
     return identity if isinstance(identity, str) and identity else None
 
 
-async def run_session(ctx: JobContext, settings: Settings, *, vad: agents_vad.VAD) -> None:
+async def run_session(
+    ctx: JobContext,
+    settings: Settings,
+    *,
+    vad: agents_vad.VAD,
+    http_session: aiohttp.ClientSession | None = None,
+) -> None:
+    """``http_session`` (owned by the session) is needed outside a job process, whose own
+    HTTP context the providers use otherwise."""
     await ctx.connect(auto_subscribe=AutoSubscribe.SUBSCRIBE_ALL)
     participant = await ctx.wait_for_participant(identity=requested_identity(ctx.job))
     logger.info("talking with participant", extra={"identity": participant.identity})
-    parts: SessionParts = build_session(ctx.room, participant.identity, settings, vad=vad)
+    parts: SessionParts = build_session(
+        ctx.room, participant.identity, settings, vad=vad, http_session=http_session
+    )
 
     async def close_session(reason: str) -> None:
         # A plain function: 0.12 counts a bound method's ``self`` as the reason argument

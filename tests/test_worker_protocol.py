@@ -267,6 +267,33 @@ async def test_worker_registers_takes_a_job_reports_and_drains(
     assert_no_secrets(output, keys)
 
 
+async def test_automatic_dispatch_registers_without_a_name_and_takes_a_room_job(
+    server: LoopbackLiveKitServer, keys: Keys, tmp_path: Path
+) -> None:
+    """AGENT_NAME empty: the worker registers with no agent name, which LiveKit reads as
+    "dispatch me to every new room", and accepts the unnamed job a new room brings."""
+    server.held_rooms.add("new-room")  # the job stays in its room connection while we look
+    port = free_port()
+    env = worker_env(server, keys, port) | {"AGENT_NAME": ""}
+    async with run_worker(env, tmp_path, port) as worker:
+        async with asyncio.timeout(60):
+            conn = await server.wait_for_worker()
+        assert conn.register.agent_name == ""
+        assert conn.register.type == agent.JobType.JT_ROOM
+
+        job = make_job("AJ_auto", "new-room", "")
+        async with asyncio.timeout(60):
+            answer = await conn.request_job(job)
+        assert answer.available is True
+        await conn.assign(job, server.agent_token(job, answer.participant_identity))
+        async with asyncio.timeout(60):
+            started = await worker.wait_for_log(is_job_started(job.id))
+            running = await conn.wait_for("update_job", lambda u: u.job_id == job.id)
+        assert running.status == agent.JobStatus.JS_RUNNING
+        assert (started["room"], started["agent_name"]) == ("new-room", "")
+    assert_no_secrets(worker.text(), keys)
+
+
 async def test_worker_with_a_wrong_secret_is_refused_and_does_not_leak_it(
     server: LoopbackLiveKitServer, keys: Keys, tmp_path: Path
 ) -> None:

@@ -107,6 +107,7 @@ class ReceivedRequest:
     headers: Mapping[str, str]  # case-insensitive
     received_at: float  # time.perf_counter()
     deltas_sent: int = 0
+    last_delta_at: float | None = None  # time.perf_counter() after the last delta was sent
     client_disconnected: bool = False  # the client went away before the answer was complete
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -278,6 +279,7 @@ class OpenAIServer:
             delta = deltas[i] if i else {"role": "assistant", **deltas[i]}
             await send({"choices": [{"index": 0, "delta": delta, "finish_reason": None}]})
             rec.deltas_sent += 1
+            rec.last_delta_at = time.perf_counter()
         finish = reply.finish_reason or ("tool_calls" if reply.tool_calls else "stop")
         await send({"choices": [{"index": 0, "delta": {}, "finish_reason": finish}]})
         if (body.get("stream_options") or {}).get("include_usage"):

@@ -141,7 +141,9 @@ def test_tools_capacity_memory_startup_fields(report: dict[str, Any]) -> None:
     # ...and is bounded (ContextLimits' documented defaults: images in the last 2 turns, audio
     # in the last one, at most 6000 estimated tokens) while a new image and audio come every turn
     for s in memory["pipelines"]["ours"]["samples"]:
-        assert s["images"] <= 2 and s["audio"] <= 1 and s["context_tokens"] <= 6000, s
+        assert s["images"] <= 2, s
+        assert s["audio"] <= 1, s
+        assert s["context_tokens"] <= 6000, s
     startup = parts["startup"]
     for kind in PIPELINES:
         per = startup["pipelines"][kind]

@@ -9,7 +9,6 @@ confirmed reply over the user (and stops it only after 0.5 s of their speech).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any
 
@@ -32,8 +31,9 @@ async def test_a_reply_confirmed_at_a_pause_is_withdrawn_when_the_user_goes_on(
     def respond(body: dict[str, Any]) -> Reply:
         return Reply(text="Sure. A table for two tomorrow evening.", ttft=0.1)
 
-    # No endpointing delay: the turn ends at the VAD's end of speech, inside the sentence.
-    h = await make_session(respond, speak=SpeakOptions(ttfb=0.8), env={"END_OF_TURN_DELAY_MS": "0"})
+    # No endpointing delay: the turn ends at the VAD's end of speech, inside the sentence. The
+    # TTS takes 2 s to its first audio: the user is speaking again long before that.
+    h = await make_session(respond, speak=SpeakOptions(ttfb=2.0), env={"END_OF_TURN_DELAY_MS": "0"})
     await h.utter(FIRST)
     # The VAD's silence window ends the turn; the first reply is requested and confirmed.
     await h.wait_for_event("user_stopped_speaking")
@@ -63,21 +63,22 @@ async def test_a_reply_confirmed_at_a_pause_is_withdrawn_when_the_user_goes_on(
     assert roles == ["system", "user", "assistant"]
 
 
-@pytest.mark.parametrize(("delay_ms", "cut_off"), [(None, False), ("0", True)])
+@pytest.mark.parametrize(("delay_ms", "cut_off"), [("2000", False), ("0", True)])
 async def test_a_mid_sentence_pause_is_not_the_end_of_the_turn(
-    make_session: SessionFactory, delay_ms: str | None, cut_off: bool
+    make_session: SessionFactory, delay_ms: str, cut_off: bool
 ) -> None:
-    """~0.7-0.8 s pause after a final transcript that does not end a sentence: the default end-of-
-    turn delay waits for the rest; without it (0.12's rule then comes down to the VAD's 0.55 s
-    of silence) the agent answers the half sentence."""
+    """The user pauses after a final transcript that does not end a sentence, long enough for
+    the VAD to end their speech, and goes on at once. An end-of-turn delay waits for the rest
+    (2 s here: the margin over the pause is over a second, not scheduling noise; what the
+    default 0.8 s does with real pauses is measured in bench/voice.py); without one (0.12's rule
+    then comes down to the VAD's silence window) the agent answers the half sentence."""
 
     def respond(body: dict[str, Any]) -> Reply:
         return Reply(text="Sure. A table for two tomorrow evening.", ttft=0.1)
 
-    env = {} if delay_ms is None else {"END_OF_TURN_DELAY_MS": delay_ms}
-    h = await make_session(respond, env=env)
+    h = await make_session(respond, env={"END_OF_TURN_DELAY_MS": delay_ms})
     await h.utter(FIRST)  # recognised without a period: "I would like to book a table"
-    await asyncio.sleep(0.4)  # + the clip's 0.29 s of trailing silence + <= 0.1 s queued
+    await h.wait_for_event("user_stopped_speaking")  # the pause is as long as the VAD needs
     resumed = await h.utter(SECOND, transcript=SECOND + ".")
 
     await h.wait_for_replies(1, timeout=20)

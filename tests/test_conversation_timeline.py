@@ -21,9 +21,10 @@ from tests.loopback.openai_server import Reply
 
 pytestmark = pytest.mark.timeout(90)
 
-SAME_CLOCK = time.get_clock_info("monotonic").implementation == time.get_clock_info(
-    "perf_counter"
-).implementation
+SAME_CLOCK = (
+    time.get_clock_info("monotonic").implementation
+    == time.get_clock_info("perf_counter").implementation
+)
 
 FIRST_SENTENCE = "It is noon in Paris."
 REPLY = FIRST_SENTENCE + " The weather there is sunny and warm today, with a light breeze."

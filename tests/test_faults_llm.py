@@ -179,8 +179,8 @@ async def test_a_fallback_llm_takes_over_probes_the_primary_and_hands_back_when_
         probes = h.oai.requests[2:]
         assert [last_user_text(r.body) for r in probes] == ["first question"] * 2
         async with asyncio.timeout(10):
-            while recovery_tasks(adapter):
-                await asyncio.sleep(0.05)
+            await asyncio.gather(*recovery_tasks(adapter), return_exceptions=True)
+        assert recovery_tasks(adapter) == []
         assert len(h.oai.requests) == 4
 
         # the primary is back, but it is still marked down: the next turn goes straight to the

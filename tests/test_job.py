@@ -53,7 +53,10 @@ class Job:
 
 @asynccontextmanager
 async def running_job(
-    *, metadata: str = "", env: dict[str, str] | None = None, before: list[str] = ()  # type: ignore[assignment]
+    *,
+    metadata: str = "",
+    env: dict[str, str] | None = None,
+    before: tuple[str, ...] = (),
 ) -> AsyncIterator[Job]:
     """A job dispatched into a room where the participants ``before`` are already present."""
     oai = OpenAIServer(lambda body: Reply(text=ANSWER))
@@ -108,13 +111,14 @@ async def running_job(
         await oai.stop()
 
 
-async def test_the_job_talks_with_the_dispatched_participant_greets_once_and_ends_when_it_leaves(
-) -> None:
+async def test_the_dispatched_participant_is_heard_greeted_once_and_its_leaving_ends_the_job() -> (
+    None
+):
     greeting = "Hello, I am listening."
     async with running_job(
         metadata=json.dumps({"participant": "caller"}),
         env={"AGENT_GREETING": greeting, "METRICS_TOPIC": "ops.metrics"},
-        before=["bystander"],  # the first participant in the room is not the one named
+        before=("bystander",),  # the first participant in the room is not the one named
     ) as job:
         bystander = job.room.remote_participants["bystander"].publish_microphone()
         await asyncio.sleep(0.5)  # the job is waiting: for "caller", not the bystander
@@ -160,7 +164,7 @@ async def test_the_job_talks_with_the_dispatched_participant_greets_once_and_end
 
 
 async def test_without_metadata_the_first_participant_to_join_is_heard() -> None:
-    async with running_job(before=["first"]) as job:
+    async with running_job(before=("first",)) as job:
         mic = job.room.remote_participants["first"].publish_microphone()
         job.room.add_participant("second").publish_microphone()
         job.dg.transcripts.append("is anyone there")

@@ -32,7 +32,6 @@ import aiohttp
 import pytest
 import pytest_asyncio
 from aiohttp import web
-from livekit.protocol import models
 from livekit.agents.metrics import (
     PipelineEOUMetrics,
     PipelineLLMMetrics,
@@ -40,6 +39,7 @@ from livekit.agents.metrics import (
     PipelineTTSMetrics,
     PipelineVADMetrics,
 )
+from livekit.protocol import models
 
 from tests.conftest import _describe_error, _known_plugin_error, build_harness
 from tests.loopback.openai_server import Reply
@@ -559,9 +559,10 @@ FEED_ROOM = """(async (events) => {
       room.state = 'connected';
     } else if (e.kind === 'data') {
       const payload = Uint8Array.from(atob(e.payload), (c) => c.charCodeAt(0));
-      room.handleDataPacket({participantIdentity: e.from, kind: e.reliable, destinationIdentities: [],
-        value: {case: 'user', value: {participantIdentity: e.from, payload, topic: e.topic,
-                                     destinationIdentities: []}}});
+      room.handleDataPacket({participantIdentity: e.from, kind: e.reliable,
+        destinationIdentities: [], value: {case: 'user', value: {participantIdentity: e.from,
+                                                                payload, topic: e.topic,
+                                                                destinationIdentities: []}}});
     } else if (e.kind === 'transcription') {
       room.handleTranscription(undefined, {transcribedParticipantIdentity: e.identity,
         trackId: e.track, segments: e.segments.map((s) => ({...s, startTime: BigInt(s.startTime),
@@ -803,8 +804,12 @@ async def recorded_session() -> RecordedSession:
         await h.utter(QUESTION)
         await h.wait_for_replies(2, timeout=30)
         await h.room.outbox.wait_for(
-            lambda: h.room.outbox.attribute_values("lk.agent.state")[-1:] == ["listening"]
-            and any(t.final and t.text == ANSWER for t in h.room.outbox.transcriptions_of(agent))
+            lambda: (
+                h.room.outbox.attribute_values("lk.agent.state")[-1:] == ["listening"]
+                and any(
+                    t.final and t.text == ANSWER for t in h.room.outbox.transcriptions_of(agent)
+                )
+            )
         )
     finally:
         await h.aclose()  # the session message is published while the room is connected
@@ -847,7 +852,8 @@ async def test_a_recorded_session_through_the_room_events(
     """The page shows what its Room receives: the agent's state after every attribute change,
     both speakers' transcripts, and the session's metrics."""
     rec = recorded_session
-    assert rec.states[0] == "initializing" and rec.states[-1] == "listening"
+    assert rec.states[0] == "initializing"
+    assert rec.states[-1] == "listening"
     assert {"thinking", "speaking"} <= set(rec.states)
     async with serving(create_app(with_keys())) as server:
         await page.open(server.url)
@@ -861,8 +867,15 @@ async def test_a_recorded_session_through_the_room_events(
         ]
         # two turns (the greeting has no end of speech, so no e2e), final totals
         assert await page.text("e2e-count") == "2"
-        assert len(await page.eval("[...document.querySelectorAll('#latency-chart .point')]"
-                                   ".filter((p) => p.parentNode.dataset.series === 'e2e')")) == 1
+        assert (
+            len(
+                await page.eval(
+                    "[...document.querySelectorAll('#latency-chart .point')]"
+                    ".filter((p) => p.parentNode.dataset.series === 'e2e')"
+                )
+            )
+            == 1
+        )
         assert await page.text("usage-turns") == "2 (0)"
         assert (await page.text("usage-source")).startswith("Final totals")
         assert page.exceptions() == []

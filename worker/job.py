@@ -6,7 +6,6 @@ import json
 import logging
 
 import aiohttp
-
 from livekit.agents import AutoSubscribe, JobContext
 from livekit.agents import vad as agents_vad
 from livekit.protocol import agent as agent_proto

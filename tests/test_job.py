@@ -8,6 +8,7 @@ it sees (a screen share), and that it ends when its participant leaves.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -102,6 +103,12 @@ async def running_job(
     try:
         yield job
     finally:
+        # End the job as a call ends: everyone leaves, the session closes itself (cancelling
+        # run_session would skip the closing the framework's shutdown callbacks do)
+        for identity in list(room.remote_participants):
+            await room.remove_participant(identity)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(task), 30)
         if not task.done():
             task.cancel()
         await asyncio.gather(task, return_exceptions=True)

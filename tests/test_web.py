@@ -189,7 +189,7 @@ async def test_web_command_serves_until_interrupted_and_refuses_bad_arguments(
             async with aiohttp.ClientSession() as http:
                 assert "<title>Voice agent</title>" in await (await http.get(url)).text()
             proc.send_signal(stop)
-            _, err = await asyncio.wait_for(proc.communicate(), 30)
+            _, err = await asyncio.wait_for(proc.communicate(), 90)
             assert proc.returncode == 0, stop
             assert b"Traceback" not in err
         finally:

@@ -700,8 +700,8 @@ async def test_recorded_metrics_render_as_chart_table_and_usage(page: Page) -> N
         view = await page.eval(READ_VIEW)
 
         # live usage: the page adds up the llm/tts/stt messages itself
-        def total(kind: str, field: str) -> float:
-            return sum(p[field] for p in payloads if p["type"] == kind)
+        def total(kind: str, field: str) -> float:  # null: not measured (a later LLM round)
+            return sum(p[field] or 0 for p in payloads if p["type"] == kind)
 
         assert view["text"]["usage-prompt"] == f"{total('llm', 'prompt_tokens'):,}"
         assert view["text"]["usage-completion"] == str(total("llm", "completion_tokens"))

@@ -24,6 +24,8 @@ DEFAULT_METRICS_TOPIC = "agent.metrics"
 
 SttProvider = Literal["deepgram", "whisper"]
 TtsProvider = Literal["deepgram", "piper"]
+VadProvider = Literal["livekit", "silero"]
+TurnDetectorKind = Literal["audio", "delay"]
 
 
 class Secret:
@@ -120,6 +122,8 @@ class Settings:
     web_access_token: Secret = field(default_factory=lambda: Secret(""))
     max_tool_calls: int = 8  # per LLM response; the rest get an error result
     allow_say: bool = False  # the `say` control message
+    vad_provider: VadProvider = "livekit"
+    turn_detector: TurnDetectorKind = "audio"
 
     def secrets(self) -> list[str]:
         """The secret values in force (for redaction filters and tests)."""
@@ -387,6 +391,12 @@ class _Parser:
             web_access_token=self._access_token("WEB_ACCESS_TOKEN"),
             max_tool_calls=self._int("AGENT_MAX_TOOL_CALLS", d.max_tool_calls, 1, 64),
             allow_say=self._flag("AGENT_ALLOW_SAY", d.allow_say),
+            vad_provider=self._choice(  # type: ignore[arg-type]
+                "VAD_PROVIDER", d.vad_provider, get_args(VadProvider)
+            ),
+            turn_detector=self._choice(  # type: ignore[arg-type]
+                "TURN_DETECTOR", d.turn_detector, get_args(TurnDetectorKind)
+            ),
         )
         self._check_fallback(settings)
         self._check_needs(settings, needs)

@@ -123,7 +123,7 @@ class Settings:
     max_tool_calls: int = 8  # per LLM response; the rest get an error result
     allow_say: bool = False  # the `say` control message
     vad_provider: VadProvider = "livekit"
-    turn_detector: TurnDetectorKind = "audio"
+    turn_detector: TurnDetectorKind = "delay"
 
     def secrets(self) -> list[str]:
         """The secret values in force (for redaction filters and tests)."""

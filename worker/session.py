@@ -25,6 +25,7 @@ from worker.pipeline.conversation import (
     ConversationOptions,
     FinishedReply,
 )
+from worker.pipeline.turn_detector import AudioTurnDetector
 from worker.providers.fallback_llm import FallbackLLM
 from worker.providers.reconnecting_stt import ReconnectingSTT
 from worker.providers.segmenting_tts import SegmentingTTS
@@ -119,6 +120,18 @@ def conversation_options(settings: Settings) -> ConversationOptions:
     )
 
 
+def build_turn_detector(
+    settings: Settings, audio: UtteranceAudio, vad: TappedVAD
+) -> AudioTurnDetector | None:
+    """TURN_DETECTOR=audio: the end-of-turn model scores the audio the tap keeps; None: the
+    delay rule (END_OF_TURN_DELAY_MS)."""
+    if settings.turn_detector != "audio":
+        return None
+    detector = AudioTurnDetector(audio.recent)
+    vad.listen(detector.on_vad_event)
+    return detector
+
+
 def build_session(
     room: rtc.Room,
     identity: str,
@@ -158,6 +171,7 @@ def build_session(
     # what the agent hears and sees besides the transcript
     audio = UtteranceAudio(opts.audio)
     tapped_vad = TappedVAD(vad, on_frame=audio.push)
+    detector = build_turn_detector(settings, audio, tapped_vad)
     video = VideoCapture(opts.images)
 
     # tools
@@ -179,6 +193,7 @@ def build_session(
         chat_ctx=chat_ctx,
         allow_interruptions=opts.allow_interruptions,
         min_endpointing_delay=opts.min_endpointing_delay,
+        turn_detector=detector,
     )
     router = DataMessageRouter()
     metrics = SessionMetrics(

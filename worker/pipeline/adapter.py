@@ -62,6 +62,7 @@ from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, AgentState, APICon
 from livekit.agents.worker import Worker, _DefaultLoadCalc
 
 from worker.pipeline.transcript_text import VerbatimSentenceTokenizer
+from worker.pipeline.turn_detector import AudioTurnDetector
 from worker.room_io.microphone import open_microphone
 
 PRIVATE_MEMBERS: frozenset[str] = frozenset(
@@ -191,8 +192,16 @@ class VoicePipeline:
         chat_ctx: llm.ChatContext,
         allow_interruptions: bool,
         min_endpointing_delay: float,
+        turn_detector: AudioTurnDetector | None = None,
     ) -> None:
+        """``turn_detector`` (0.12's public turn-detector argument) decides the end of the turn
+        with ``min_endpointing_delay`` and its own long wait; without it, the delay rule."""
         self._hooks: PipelineHooks | None = None
+        self._turn_detector = turn_detector
+        max_endpointing_delay = 6.0  # 0.12's default, used only with a turn detector
+        if turn_detector is not None:
+            min_endpointing_delay = turn_detector.options.min_delay
+            max_endpointing_delay = turn_detector.options.long_wait
         self._agent: VoicePipelineAgent = _Agent(
             vad=vad,
             stt=stt,
@@ -202,6 +211,8 @@ class VoicePipeline:
             fnc_ctx=fnc_ctx,
             allow_interruptions=allow_interruptions,
             min_endpointing_delay=min_endpointing_delay,
+            max_endpointing_delay=max_endpointing_delay,
+            turn_detector=turn_detector,
             preemptive_synthesis=True,
             # the transcript keeps the reply's text as the TTS got it
             transcription=AgentTranscriptionOptions(sentence_tokenizer=VerbatimSentenceTokenizer()),
@@ -292,6 +303,8 @@ class VoicePipeline:
 
     async def aclose(self) -> None:
         await close_pipeline_agent(self._agent)
+        if self._turn_detector is not None:
+            await self._turn_detector.aclose()
 
     # --- internals --------------------------------------------------------------------------
 

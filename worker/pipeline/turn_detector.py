@@ -80,6 +80,7 @@ class AudioTurnDetector:
         self._model = model if model is not None else EOT()
         self._silence = 0.0  # seconds since the last window the VAD judged speech
         self._scoring: asyncio.Task[float] | None = None
+        self._one_at_a_time = asyncio.Lock()
         self._failed = False
         self.scorings = 0
         """Scorings started so far (the model's cost is this times one inference)."""
@@ -107,16 +108,18 @@ class AudioTurnDetector:
     async def score(self) -> float:
         """P(turn ended) for the audio ending ``scored_silence`` after the last speech (once
         any scoring still running has finished)."""
-        previous = self._scoring
-        if previous is not None and not previous.done():
-            await asyncio.wait([previous])
-        skip = max(0.0, self._silence - self.options.scored_silence)
-        frame = self._recent(EOT_WINDOW_SECONDS + skip)
-        if frame is None:
-            return 1.0  # nothing heard: nothing says the user is mid-thought
-        self.scorings += 1
-        self._scoring = asyncio.create_task(asyncio.to_thread(self._predict, frame, skip))
-        return await asyncio.shield(self._scoring)
+        async with self._one_at_a_time:
+            running = self._scoring
+            if running is not None and not running.done():
+                # its wait was cancelled, its thread was not: let it finish first
+                await asyncio.wait([running])
+            skip = max(0.0, self._silence - self.options.scored_silence)
+            frame = self._recent(EOT_WINDOW_SECONDS + skip)
+            if frame is None:
+                return 1.0  # nothing heard: nothing says the user is mid-thought
+            self.scorings += 1
+            self._scoring = asyncio.create_task(asyncio.to_thread(self._predict, frame, skip))
+            return await asyncio.shield(self._scoring)
 
     def _predict(self, frame: rtc.AudioFrame, skip: float) -> float:
         try:

@@ -9,9 +9,11 @@ import aiohttp
 from livekit.agents import stt, tts, vad
 from livekit.plugins import deepgram
 
+from plugins.livekit_vad import VAD as LiveKitVAD
 from plugins.openai_llm import LLM
 from plugins.silero_vad import VAD as SileroVAD
-from worker.config import Settings
+from worker.config import Settings, VadProvider
+from worker.pipeline import turn_detector
 
 LOCAL_MAX_OUTPUT_TOKENS = 120
 """Tiny local models ramble: keep their spoken answers short."""
@@ -24,13 +26,18 @@ as LiveKit's) changes what servers do: vLLM rejects it unless started with
 into the prompt when it is sent."""
 
 
-def load_vad() -> vad.VAD:
-    """Silero VAD with its RNN state carried (model from the plugin wheel); once per process."""
-    return SileroVAD.load()
+def load_vad(provider: VadProvider = Settings.vad_provider) -> vad.VAD:
+    """The VAD (VAD_PROVIDER): LiveKit's native one, or Silero with its RNN state carried. Loads
+    the model: once per process (prewarm)."""
+    if provider == "silero":
+        return SileroVAD.load()
+    return LiveKitVAD.load()
 
 
 def prewarm_providers(settings: Settings) -> None:
     """Load the local models a session will use, once per job process (blocking)."""
+    if settings.turn_detector == "audio":
+        turn_detector.prewarm()
     if settings.stt_provider == "whisper":
         from plugins.whisper_stt import STT as WhisperSTT
 

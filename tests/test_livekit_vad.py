@@ -176,3 +176,16 @@ def _prewarm_and_detect_in_job_process() -> list[int]:
 def test_works_in_a_spawned_process() -> None:
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
         assert pool.submit(_prewarm_and_detect_in_job_process).result(timeout=120) == [2, 2]
+
+
+def test_vad_provider_selects_the_plugin_and_the_audio_detector_its_silence() -> None:
+    from worker.pipeline.turn_detector import AudioTurnOptions
+    from worker.providers.selection import load_vad
+
+    assert isinstance(load_vad("silero"), SileroVAD)
+    default = load_vad()
+    assert isinstance(default, VAD)
+    assert default.options.min_silence_duration == 0.55
+    audio = load_vad("livekit", "audio")
+    assert isinstance(audio, VAD)
+    assert audio.options.min_silence_duration == AudioTurnOptions().decide_after

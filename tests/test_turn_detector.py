@@ -7,6 +7,7 @@ needs to see the calls, the native model is wrapped (it is LiveKit's, not ours).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import threading
 import time
@@ -19,6 +20,8 @@ from livekit.agents import llm
 from livekit.agents import vad as agents_vad
 from livekit.local_inference import EOT, EOT_MAX_SAMPLES
 
+from tests.conftest import SessionFactory
+from tests.loopback.openai_server import Reply
 from tests.speech import silence, speak
 from tests.vad_audio import trim
 from worker.pipeline.turn_detector import AudioTurnDetector, AudioTurnOptions, prewarm
@@ -155,3 +158,37 @@ async def test_no_audio_yet_says_nothing_against_the_turn_being_over() -> None:
     finally:
         await detector.aclose()
     assert model.calls == 0
+
+
+# --- in a session: 0.12's pipeline asks the detector and waits as it says ------------------
+
+
+async def first_reply_gap(make_session: SessionFactory, threshold: float) -> tuple[float, int]:
+    """Seconds from the end of the user's utterance to the reply's first sound, and the
+    scorings it took, with every score judged against ``threshold``."""
+    h = await make_session(
+        lambda body: Reply(text="It is noon.", ttft=0.05, tokens_per_second=100),
+        env={"TURN_DETECTOR": "audio"},
+    )
+    detector = h.parts.conversation.pipeline.turn_detector
+    assert detector is not None
+    detector.options = dataclasses.replace(detector.options, threshold=threshold)
+    u = await h.utter("what time is it in Paris")
+    await h.wait_for_replies(1)
+    recorder = h.room.outbox.audio[0]
+    await recorder.wait_for_audio(0.2, timeout=10)
+    assert recorder.first_audible_at is not None
+    return recorder.first_audible_at - u.ended_at, detector.scorings
+
+
+@pytest.mark.timeout(60)
+async def test_the_reply_waits_the_long_wait_when_the_score_says_mid_thought(
+    make_session: SessionFactory,
+) -> None:
+    done_gap, done_scorings = await first_reply_gap(make_session, threshold=0.0)
+    thought_gap, thought_scorings = await first_reply_gap(make_session, threshold=1.01)
+    assert done_scorings >= 1 and thought_scorings >= 1, "the pipeline asked the detector"
+    long_wait = AudioTurnOptions().long_wait
+    # same speech, same providers: only the detector's answer differs
+    assert thought_gap - done_gap > 0.7 * long_wait, (done_gap, thought_gap)
+    assert thought_gap - done_gap < long_wait + 1.0, (done_gap, thought_gap)

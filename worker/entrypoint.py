@@ -42,7 +42,7 @@ def prewarm(proc: JobProcess) -> None:
     settings = load_settings(needs=WORKER_NEEDS)
     install_log_redaction(settings.secrets())
     proc.userdata["settings"] = settings
-    proc.userdata["vad"] = load_vad(settings.vad_provider)
+    proc.userdata["vad"] = load_vad(settings.vad_provider, settings.turn_detector)
     prewarm_providers(settings)
     import_lazy_modules()
     # What is loaded now lives as long as the process: keep it out of the cyclic collector's
@@ -69,7 +69,7 @@ async def entrypoint(ctx: JobContext) -> None:
     )
     try:
         if vad is None:
-            vad = load_vad(settings.vad_provider)
+            vad = load_vad(settings.vad_provider, settings.turn_detector)
         await run_session(ctx, settings, vad=vad)
     except Exception as e:
         # 0.12 keeps a job whose entrypoint raised alive, holding one of the worker's job

@@ -225,6 +225,11 @@ class VoicePipeline:
         """The 0.12 agent itself, for the bench's recorder (which measures stock 0.12 too)."""
         return self._agent
 
+    @property
+    def turn_detector(self) -> AudioTurnDetector | None:
+        """The end-of-turn detector the pipeline asks (None: 0.12's delay rule)."""
+        return self._turn_detector
+
     def set_hooks(self, hooks: PipelineHooks) -> None:
         self._hooks = hooks
 

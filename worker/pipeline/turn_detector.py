@@ -46,6 +46,9 @@ class AudioTurnOptions:
     """P(turn ended) at or above which the reply plays at the VAD's end of speech."""
     scored_silence: float = 0.3
     """Seconds of silence after the last speech in the audio the model scores."""
+    decide_after: float = 0.3
+    """The VAD's ``min_silence_duration`` with this detector: 0.12 asks it at the VAD's end of
+    speech, and the reply plays then if the score clears the threshold."""
     long_wait: float = 1.2
     """0.12's ``max_endpointing_delay``: the wait when the score says mid-thought."""
     min_delay: float = 0.0

@@ -12,7 +12,7 @@ from livekit.plugins import deepgram
 from plugins.livekit_vad import VAD as LiveKitVAD
 from plugins.openai_llm import LLM
 from plugins.silero_vad import VAD as SileroVAD
-from worker.config import Settings, VadProvider
+from worker.config import Settings, TurnDetectorKind, VadProvider
 from worker.pipeline import turn_detector
 
 LOCAL_MAX_OUTPUT_TOKENS = 120
@@ -26,12 +26,17 @@ as LiveKit's) changes what servers do: vLLM rejects it unless started with
 into the prompt when it is sent."""
 
 
-def load_vad(provider: VadProvider = Settings.vad_provider) -> vad.VAD:
+def load_vad(
+    provider: VadProvider = Settings.vad_provider,
+    turn: TurnDetectorKind = Settings.turn_detector,
+) -> vad.VAD:
     """The VAD (VAD_PROVIDER): LiveKit's native one, or Silero with its RNN state carried. Loads
-    the model: once per process (prewarm)."""
-    if provider == "silero":
-        return SileroVAD.load()
-    return LiveKitVAD.load()
+    the model: once per process (prewarm). With the audio turn detector its end of speech is
+    when the detector decides, so it comes after the detector's silence, not the plugin's."""
+    loader = SileroVAD.load if provider == "silero" else LiveKitVAD.load
+    if turn == "audio":
+        return loader(min_silence_duration=turn_detector.AudioTurnOptions().decide_after)
+    return loader()
 
 
 def prewarm_providers(settings: Settings) -> None:

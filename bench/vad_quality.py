@@ -382,8 +382,8 @@ async def measure(seeds: int, extra_min_silence: Sequence[float]) -> dict[str, A
                 ),
             ]
             raw_probs, raw_times = raw_run(models, audio)
-            for k, variant in enumerate(("stock", "fixed")):
-                timing[variant].extend(raw_times[k].tolist())
+            for i, variant in enumerate(("stock", "fixed")):
+                timing[variant].extend(raw_times[i].tolist())
             for variant, (k, vad) in vads.items():
                 cpu_started = time.process_time()
                 run = await run_stream(vad, audio)

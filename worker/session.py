@@ -19,6 +19,7 @@ from livekit.agents import vad as agents_vad
 from worker.config import Settings
 from worker.metrics.collector import MetricsOptions, MetricsSink, RoomSink, SessionMetrics
 from worker.pipeline.adapter import VADSegmentedSTT, VoicePipeline
+from worker.pipeline.barge_in import BargeInOptions
 from worker.pipeline.conversation import (
     CallEnding,
     Conversation,
@@ -194,7 +195,9 @@ def build_session(
         allow_interruptions=opts.allow_interruptions,
         min_endpointing_delay=opts.min_endpointing_delay,
         turn_detector=detector,
+        barge_in=BargeInOptions() if opts.allow_interruptions else None,
     )
+    tapped_vad.listen(pipeline.on_vad_event)
     router = DataMessageRouter()
     metrics = SessionMetrics(
         [

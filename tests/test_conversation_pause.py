@@ -74,7 +74,11 @@ async def test_a_mid_sentence_pause_is_not_the_end_of_the_turn(
     def respond(body: dict[str, Any]) -> Reply:
         return Reply(text="Sure. A table for two tomorrow evening.", ttft=0.1)
 
-    env = {} if delay_ms is None else {"END_OF_TURN_DELAY_MS": delay_ms}
+    # the pause is sized to Silero's end of speech (the LiveKit VAD ends speech ~70 ms later on
+    # this clip, leaving the delay-0 cut-off a window of ~60 ms)
+    env = {"VAD_PROVIDER": "silero"}
+    if delay_ms is not None:
+        env["END_OF_TURN_DELAY_MS"] = delay_ms
     h = await make_session(respond, env=env)
     await h.utter(FIRST)  # recognised without a period: "I would like to book a table"
     await asyncio.sleep(0.4)  # + the clip's 0.29 s of trailing silence + <= 0.1 s queued

@@ -7,8 +7,9 @@ the reply. Here the reply's audio is held back after ``pause_after`` of speech (
 in the audio source but not yet played are taken back, so the agent is silent at once), and:
 - the user's speech reaches ``interrupt_after``: a barge-in, the reply is interrupted (0.12
   then commits the words played, as it does);
-- the user stops before that (END_OF_SPEECH): a backchannel, the reply goes on from the first
-  frame not played.
+- the user stops before that (the VAD's END_OF_SPEECH): a backchannel, the reply goes on from
+  the first frame not played. Not sooner: a short word then a pause is also how a barge-in
+  starts ("wait, ..."), and the agent must not be heard again in that pause.
 0.12's own interruption rules are switched off meanwhile (see ``VoicePipeline``): its VAD rule
 would interrupt after 0.5 s of speech, and its end-of-turn validation would drop the reply for
 one to "Mm-hmm." once the backchannel's transcript arrived.
@@ -34,13 +35,10 @@ logger = logging.getLogger("worker.pipeline.barge_in")
 
 @dataclass(frozen=True)
 class BargeInOptions:
-    pause_after: float = 0.15
+    pause_after: float = 0.1
     """Seconds of user speech over the agent before its audio is held back."""
     interrupt_after: float = 0.4
     """Seconds of user speech that make it a barge-in rather than a backchannel."""
-    resume_after: float = 0.2
-    """Seconds of silence after a shorter sound before the reply goes on (the VAD's own end
-    of speech comes later, after its min_silence)."""
 
 
 class PausableAudioSource:
@@ -166,9 +164,7 @@ class BargeIn:
         if not self._agent_speaking():
             source.resume()  # nothing of a reply left to hold
             return
-        if ev.raw_accumulated_silence >= self.options.resume_after:
-            self._go_on()
-        elif ev.speech_duration >= self.options.interrupt_after:
+        if ev.speech_duration >= self.options.interrupt_after:
             self.barge_ins += 1
             self.interrupted_at = time.perf_counter()
             self._interrupt()

@@ -153,12 +153,14 @@ def machine_info() -> dict[str, Any]:
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
         "platform": platform.platform(),
         "python": platform.python_version(),
+        "ours_turn_taking": turn_taking_env(),
         "versions": {
             dist: _version(dist)
             for dist in (
                 "livekit-agents",
                 "livekit",
                 "livekit-plugins-silero",
+                "livekit-local-inference",
                 "livekit-plugins-deepgram",
                 "openai",
                 "onnxruntime",
@@ -617,10 +619,23 @@ class CameraFeed:
             await asyncio.gather(task, return_exceptions=True)
 
 
+TURN_TAKING_ENV = ("VAD_PROVIDER", "TURN_DETECTOR")
+"""Ours runs with these settings from the bench's own environment (unset: the worker's
+defaults), e.g. ``TURN_DETECTOR=audio python -m bench voice``; stock always runs stock Silero
+and 0.12's delay rule."""
+
+
+def turn_taking_env() -> dict[str, str]:
+    return {name: os.environ[name] for name in TURN_TAKING_ENV if os.environ.get(name)}
+
+
 @functools.lru_cache(maxsize=2)
 def shared_vad(kind: Pipeline) -> vad.VAD:
     """One VAD per pipeline per process (a job process loads it once, in prewarm)."""
-    return load_vad() if kind == "ours" else silero.VAD.load()
+    if kind == "stock":
+        return silero.VAD.load()
+    settings = load_settings(turn_taking_env(), dotenv=None)
+    return load_vad(settings.vad_provider, settings.turn_detector)
 
 
 @dataclass
@@ -784,7 +799,12 @@ async def open_session(
     http = aiohttp.ClientSession()
     close: Callable[[], Awaitable[None]]
     if kind == "ours":
-        env = {**endpoints, **({"AGENT_TOOLS": opts.tools} if opts.tools else {}), **opts.env}
+        env = {
+            **endpoints,
+            **turn_taking_env(),
+            **({"AGENT_TOOLS": opts.tools} if opts.tools else {}),
+            **opts.env,
+        }
         if opts.min_endpointing_delay is not None:
             env["END_OF_TURN_DELAY_MS"] = str(round(opts.min_endpointing_delay * 1000))
         settings = load_settings(env, dotenv=None)

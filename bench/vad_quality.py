@@ -1,4 +1,4 @@
-"""Silero VAD quality on noisy speech: stock plugin (state dropped) vs plugins.silero_vad.
+"""VAD quality on noisy speech: stock Silero, plugins.silero_vad and plugins.livekit_vad.
 
 Real espeak-ng speech (several utterances with natural mid-utterance pauses of
 0.3-0.8 s) is mixed with white, pink and brown noise at 20/10/5 dB SNR. Ground
@@ -7,7 +7,10 @@ run through the plugin's real ``VADStream`` (default options, 10 ms frames at
 16 kHz, fed faster than real time), so the probabilities are the exp-filtered
 ones the plugin thresholds, and the segments come from its START/END_OF_SPEECH
 events. Raw model probabilities and the CPU time per window come from calling
-the model directly, stock and fixed interleaved window by window.
+the model directly, stock and fixed interleaved window by window (LiveKit's native VAD is not
+smoothed: its raw probabilities are its stream's). CPU per session: the process CPU time a
+stream takes for the scene (threads included), over the scene's duration: the share of a core
+one real-time session costs.
 
 Run: ``.venv/bin/python -m bench.vad_quality [--json PATH] [--png PATH] [--seeds N]``
 """
@@ -34,6 +37,7 @@ from livekit.agents import vad as agents_vad
 from livekit.plugins import silero
 from livekit.plugins.silero import onnx_model
 
+from plugins.livekit_vad import VAD as LiveKitVAD
 from plugins.silero_vad import VAD, StateCarryingSession
 from tests.speech import speak
 
@@ -121,6 +125,7 @@ class ConditionResult:
     false_alarm_segments: int  # segments overlapping no speech
     eos_delay_p50: float | None  # END_OF_SPEECH event - true utterance end
     sos_delay_p50: float | None  # START_OF_SPEECH event - true utterance start
+    cpu_pct: float  # % of one core for one real-time session (stream CPU time / audio time)
 
 
 # ---------------------------------------------------------------------------- audio
@@ -345,11 +350,13 @@ def _p50(values: list[float]) -> float | None:
     return round(statistics.median(values), 3) if values else None
 
 
-def variants(extra_min_silence: Sequence[float]) -> dict[str, tuple[int, agents_vad.VAD]]:
-    """name -> (index of the raw model with the same state handling, loaded VAD)."""
-    out: dict[str, tuple[int, agents_vad.VAD]] = {
+def variants(extra_min_silence: Sequence[float]) -> dict[str, tuple[int | None, agents_vad.VAD]]:
+    """name -> (index of the raw Silero model with the same state handling, or None when the
+    stream's probabilities are the raw ones; loaded VAD)."""
+    out: dict[str, tuple[int | None, agents_vad.VAD]] = {
         "stock": (0, silero.VAD.load()),
         "fixed": (1, VAD.load()),
+        "livekit": (None, LiveKitVAD.load()),
     }
     for ms in extra_min_silence:
         out[f"fixed ms={ms:g}"] = (1, VAD.load(min_silence_duration=ms))
@@ -375,12 +382,17 @@ async def measure(seeds: int, extra_min_silence: Sequence[float]) -> dict[str, A
                 ),
             ]
             raw_probs, raw_times = raw_run(models, audio)
-            for k, variant in enumerate(("stock", "fixed")):
-                timing[variant].extend(raw_times[k].tolist())
+            for i, variant in enumerate(("stock", "fixed")):
+                timing[variant].extend(raw_times[i].tolist())
             for variant, (k, vad) in vads.items():
+                cpu_started = time.process_time()
                 run = await run_stream(vad, audio)
+                cpu = time.process_time() - cpu_started
                 scores: dict[str, Any] = frame_scores(run.probabilities, scene.speech_windows)
-                raw = frame_scores(raw_probs[k], scene.speech_windows)
+                scores["cpu_pct"] = 100 * cpu / (audio.size / SAMPLE_RATE)
+                raw = frame_scores(
+                    raw_probs[k] if k is not None else run.probabilities, scene.speech_windows
+                )
                 scores["raw_p_speech"] = raw["p_speech"]
                 scores["raw_p_nonspeech"] = raw["p_nonspeech"]
                 scores.update(segment_scores(run.segments, scene))
@@ -401,6 +413,7 @@ async def measure(seeds: int, extra_min_silence: Sequence[float]) -> dict[str, A
                     "recall",
                     "f1",
                     "flips",
+                    "cpu_pct",
                 )
             }
             for key in (
@@ -455,6 +468,8 @@ async def measure(seeds: int, extra_min_silence: Sequence[float]) -> dict[str, A
             "stock": "livekit.plugins.silero.VAD 0.7.6 (RNN state dropped each window)",
             "fixed": "plugins.silero_vad.VAD (RNN state carried)",
             "fixed ms=X": "plugins.silero_vad.VAD.load(min_silence_duration=X)",
+            "livekit": "plugins.livekit_vad.VAD (livekit-local-inference native VAD)",
+            "cpu_pct": "stream CPU time (process, all threads) / audio duration, unpaced",
             "false_split": "two segments of one utterance whose gap is not at a real pause",
             "short_pause_split": "a split at a real pause shorter than min_silence (0.55 s)",
         },
@@ -483,7 +498,7 @@ def _row(r: ConditionResult) -> str:
         f"miss {r.missed_utterances}/{r.missed_phrases} fsplit {r.false_splits} "
         f"psplit {r.pause_splits}({r.short_pause_splits} short) "
         f"merged {r.merged_boundaries} fa {r.false_alarm_segments} "
-        f"eos {r.eos_delay_p50}"
+        f"eos {r.eos_delay_p50} sos {r.sos_delay_p50} cpu {r.cpu_pct:.2f}%"
     )
 
 
@@ -497,20 +512,21 @@ def draw(report: dict[str, Any], path: Path) -> None:
     names = [r["condition"] for r in rows if r["variant"] == "stock"]
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(11, 7.5))
     xs = np.arange(len(names))
-    for off, variant, color in ((-0.2, "stock", "tab:gray"), (0.2, "fixed", "tab:blue")):
+    bars = ((-0.27, "stock", "tab:gray"), (0.0, "fixed", "tab:blue"), (0.27, "livekit", "tab:red"))
+    for off, variant, color in bars:
         mine = [r for r in rows if r["variant"] == variant]
-        ax1.bar(xs + off, [r["p_speech"] for r in mine], 0.4, color=color, label=variant)
+        ax1.bar(xs + off, [r["p_speech"] for r in mine], 0.27, color=color, label=variant)
         ax1.plot(xs + off, [r["f1"] for r in mine], "k.", markersize=8)
     ax1.set_xticks(xs, names, rotation=30, ha="right")
     ax1.set_ylim(0, 1.05)
     ax1.set_ylabel("mean p on speech (bars), F1 (dots)")
     ax1.legend(loc="lower left")
-    ax1.set_title("Silero VAD 0.7.6 stock vs RNN state carried")
+    ax1.set_title("Silero VAD 0.7.6 stock, RNN state carried, LiveKit native VAD")
 
     trace = report["trace_pink_5db"]
     t = np.arange(len(trace["truth"])) * WINDOW / SAMPLE_RATE
     ax2.fill_between(t, 0, trace["truth"], color="tab:green", alpha=0.2, label="speech (truth)")
-    for variant, color in (("stock", "tab:gray"), ("fixed", "tab:blue")):
+    for variant, color in (("stock", "tab:gray"), ("fixed", "tab:blue"), ("livekit", "tab:red")):
         p = trace.get(variant, [])
         ax2.plot(t[: len(p)], p, color=color, linewidth=0.8, label=variant)
     ax2.axhline(THRESHOLD, color="k", linestyle=":", linewidth=0.8)

@@ -282,7 +282,7 @@ async def build_harness(
         as_rtc_room(room),
         user.identity,
         settings,
-        vad=load_vad(),
+        vad=load_vad(settings.vad_provider, settings.turn_detector),
         http_session=aiohttp.ClientSession(),
         options=options,
     )

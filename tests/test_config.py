@@ -116,6 +116,8 @@ def test_every_malformed_variable_is_named_at_once() -> None:
         ("WORKER_PORT", "65536"),
         ("LIVEKIT_URL", "https://"),
         ("LLM_AUDIO_INPUT", "yes"),
+        ("VAD_PROVIDER", "webrtc"),
+        ("TURN_DETECTOR", "text"),
     ],
 )
 def test_one_malformed_value_is_one_problem(name: str, value: str) -> None:
@@ -345,3 +347,10 @@ def test_secret_inside_a_structured_extra_is_masked(
     install_log_redaction([SECRET])
     log.info("request", extra={"headers": {"Authorization": f"Bearer {SECRET}"}})
     assert SECRET not in out.getvalue()
+
+
+def test_vad_and_turn_detector_choices() -> None:
+    s = load({})
+    assert (s.vad_provider, s.turn_detector) == ("livekit", "delay")
+    s = load({"VAD_PROVIDER": "Silero", "TURN_DETECTOR": "audio"})
+    assert (s.vad_provider, s.turn_detector) == ("silero", "audio")

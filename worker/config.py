@@ -28,6 +28,8 @@ DEFAULT_METRICS_TOPIC = "agent.metrics"
 SttProvider = Literal["deepgram", "whisper"]
 TtsProvider = Literal["deepgram", "piper"]
 LogFormat = Literal["text", "json"]
+VadProvider = Literal["livekit", "silero"]
+TurnDetectorKind = Literal["audio", "delay"]
 
 
 class Secret:
@@ -183,6 +185,9 @@ class Settings:
     def __post_init__(self) -> None:
         if not self.instructions:
             object.__setattr__(self, "instructions", default_instructions(self.language))
+
+    vad_provider: VadProvider = "livekit"
+    turn_detector: TurnDetectorKind = "delay"
 
     def secrets(self) -> list[str]:
         """The secret values in force (for redaction filters and tests)."""
@@ -488,6 +493,12 @@ class _Parser:
             web_access_token=self._access_token("WEB_ACCESS_TOKEN"),
             max_tool_calls=self._int("AGENT_MAX_TOOL_CALLS", d.max_tool_calls, 1, 64),
             allow_say=self._flag("AGENT_ALLOW_SAY", d.allow_say),
+            vad_provider=self._choice(  # type: ignore[arg-type]
+                "VAD_PROVIDER", d.vad_provider, get_args(VadProvider)
+            ),
+            turn_detector=self._choice(  # type: ignore[arg-type]
+                "TURN_DETECTOR", d.turn_detector, get_args(TurnDetectorKind)
+            ),
         )
         self._check_fallback(settings)
         self._check_languages(settings)

@@ -53,7 +53,7 @@ def prewarm(proc: JobProcess) -> None:
     settings = load_settings(needs=WORKER_NEEDS)
     install_log_redaction(settings.secrets())
     proc.userdata["settings"] = settings
-    proc.userdata["vad"] = load_vad()
+    proc.userdata["vad"] = load_vad(settings.vad_provider, settings.turn_detector)
     prewarm_providers(settings)
     import_lazy_modules()
     if os.environ.get(MULTIPROC_ENV):  # `start` exports figures: they exist (at 0) from now
@@ -84,7 +84,9 @@ async def entrypoint(ctx: JobContext) -> None:
         },
     )
     try:
-        await run_session(ctx, settings, vad=vad if vad is not None else load_vad())
+        if vad is None:
+            vad = load_vad(settings.vad_provider, settings.turn_detector)
+        await run_session(ctx, settings, vad=vad)
     except Exception as e:
         # 0.12 keeps a job whose entrypoint raised alive, holding one of the worker's job
         # slots, until something shuts it down (the room never connected, so nothing will):

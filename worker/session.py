@@ -22,12 +22,14 @@ from worker.config import Settings, default_instructions
 from worker.metrics import MULTIPROC_ENV
 from worker.metrics.collector import MetricsOptions, MetricsSink, RoomSink, SessionMetrics
 from worker.pipeline.adapter import VADSegmentedSTT, VoicePipeline
+from worker.pipeline.barge_in import BargeInOptions
 from worker.pipeline.conversation import (
     CallEnding,
     Conversation,
     ConversationOptions,
     FinishedReply,
 )
+from worker.pipeline.turn_detector import AudioTurnDetector
 from worker.providers.fallback_llm import FallbackLLM
 from worker.providers.reconnecting_stt import ReconnectingSTT
 from worker.providers.segmenting_tts import (
@@ -185,6 +187,18 @@ def conversation_options(settings: Settings, *, local_llm: bool = False) -> Conv
     )
 
 
+def build_turn_detector(
+    settings: Settings, audio: UtteranceAudio, vad: TappedVAD
+) -> AudioTurnDetector | None:
+    """TURN_DETECTOR=audio: the end-of-turn model scores the audio the tap keeps; None: the
+    delay rule (END_OF_TURN_DELAY_MS)."""
+    if settings.turn_detector != "audio":
+        return None
+    detector = AudioTurnDetector(audio.recent)
+    vad.listen(detector.on_vad_event)
+    return detector
+
+
 def build_session(
     room: rtc.Room,
     identity: str,
@@ -232,6 +246,7 @@ def build_session(
     # what the agent hears and sees besides the transcript
     audio = UtteranceAudio(opts.audio)
     tapped_vad = TappedVAD(vad, on_frame=audio.push)
+    detector = build_turn_detector(settings, audio, tapped_vad)
     video = VideoCapture(opts.images)
 
     # tools
@@ -256,7 +271,10 @@ def build_session(
         chat_ctx=chat_ctx,
         allow_interruptions=opts.allow_interruptions,
         min_endpointing_delay=opts.min_endpointing_delay,
+        turn_detector=detector,
+        barge_in=BargeInOptions() if opts.allow_interruptions else None,
     )
+    tapped_vad.listen(pipeline.on_vad_event)
     router = DataMessageRouter()
     traces = session_traces(settings)
     chat = ChatReplies(room, identity, on_text=lambda text: conversation.reply_to_text(text))

@@ -594,7 +594,7 @@ async def _load_models(settings: Settings) -> agents_vad.VAD:
     from worker.providers.selection import load_vad, prewarm_providers
 
     def load() -> agents_vad.VAD:
-        vad = load_vad()
+        vad = load_vad(settings.vad_provider, settings.turn_detector)
         prewarm_providers(settings)
         return vad
 

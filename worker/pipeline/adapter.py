@@ -29,6 +29,9 @@ VoicePipelineAgent (pipeline/pipeline_agent.py)
   ``_update_state_task``, ``_human_input``, ``_agent_output``, ``_agent_playout``,
   ``_playout_atask``, ``_deferred_validation``: closing what the agent started (its own
   ``aclose()`` is a no-op).
+  ``_agent_output._agent_playout._audio_source`` (AgentPlayout): the agent's audio goes
+  through :class:`PausableAudioSource`, so a barge-in silences it at once and a backchannel
+  lets it go on (0.12 has no pause).
 HumanInput (pipeline/human_input.py)
   ``_recognize_task``, ``_subscribed_track``, ``_noise_cancellation``: reading the microphone
   in 50 ms frames instead of the FFI's 10 ms (:class:`MicrophoneInput`).
@@ -82,7 +85,9 @@ from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, AgentState, APICon
 from livekit.agents.worker import Worker, _DefaultLoadCalc
 from livekit.protocol import agent as agent_proto
 
+from worker.pipeline.barge_in import BargeIn, BargeInOptions, PausableAudioSource
 from worker.pipeline.transcript_text import VerbatimSentenceTokenizer
+from worker.pipeline.turn_detector import AudioTurnDetector
 from worker.room_io.microphone import open_microphone
 
 PRIVATE_MEMBERS: frozenset[str] = frozenset(
@@ -110,6 +115,7 @@ PRIVATE_MEMBERS: frozenset[str] = frozenset(
         "_agent_output",
         "_agent_playout",
         "_playout_atask",
+        "_audio_source",
         # HumanInput
         "_recognize_task",
         "_subscribed_track",
@@ -135,6 +141,9 @@ PRIVATE_MEMBERS: frozenset[str] = frozenset(
     }
 )
 """Every private member of the framework this module reaches (and no other module does)."""
+
+NEVER = 1_000_000
+"""An ``interrupt_min_words`` no transcript reaches."""
 
 PipelineEvent = Literal[
     "user_started_speaking",
@@ -221,8 +230,27 @@ class VoicePipeline:
         chat_ctx: llm.ChatContext,
         allow_interruptions: bool,
         min_endpointing_delay: float,
+        turn_detector: AudioTurnDetector | None = None,
+        barge_in: BargeInOptions | None = None,
     ) -> None:
+        """``turn_detector`` (0.12's public turn-detector argument) decides the end of the turn
+        with ``min_endpointing_delay`` and its own long wait; without it, the delay rule.
+        ``barge_in``: :class:`BargeIn` decides interruptions (fed by :meth:`on_vad_event`), and
+        0.12's own rules are switched off; without it, 0.12's."""
         self._hooks: PipelineHooks | None = None
+        self._turn_detector = turn_detector
+        self._barge_in_options = barge_in
+        self._barge_in: BargeIn | None = None
+        self._install_task: asyncio.Task[None] | None = None
+        interrupt_speech_duration, interrupt_min_words = 0.5, 0  # 0.12's defaults
+        if barge_in is not None:
+            # never by 0.12's VAD rule, nor by its end-of-turn validation of a reply to a
+            # backchannel's transcript (it interrupts whatever plays once the words are enough)
+            interrupt_speech_duration, interrupt_min_words = float("inf"), NEVER
+        max_endpointing_delay = 6.0  # 0.12's default, used only with a turn detector
+        if turn_detector is not None:
+            min_endpointing_delay = turn_detector.options.min_delay
+            max_endpointing_delay = turn_detector.options.long_wait
         self._agent: VoicePipelineAgent = _Agent(
             vad=vad,
             stt=stt,
@@ -232,7 +260,11 @@ class VoicePipeline:
             fnc_ctx=fnc_ctx,
             allow_interruptions=allow_interruptions,
             min_endpointing_delay=min_endpointing_delay,
+            max_endpointing_delay=max_endpointing_delay,
+            turn_detector=turn_detector,
             preemptive_synthesis=True,
+            interrupt_speech_duration=interrupt_speech_duration,
+            interrupt_min_words=interrupt_min_words,
             # the transcript keeps the reply's text as the TTS got it
             transcription=AgentTranscriptionOptions(sentence_tokenizer=VerbatimSentenceTokenizer()),
             before_llm_cb=self._before_llm,
@@ -244,6 +276,11 @@ class VoicePipeline:
         """The 0.12 agent itself, for the bench's recorder (which measures stock 0.12 too)."""
         return self._agent
 
+    @property
+    def turn_detector(self) -> AudioTurnDetector | None:
+        """The end-of-turn detector the pipeline asks (None: 0.12's delay rule)."""
+        return self._turn_detector
+
     def set_hooks(self, hooks: PipelineHooks) -> None:
         self._hooks = hooks
 
@@ -252,6 +289,44 @@ class VoicePipeline:
 
     def start(self, room: rtc.Room, identity: str) -> None:
         self._agent.start(room, identity)
+        if self._barge_in_options is not None:
+            self._install_task = asyncio.create_task(self._install_barge_in())
+
+    def on_vad_event(self, ev: vad.VADEvent) -> None:
+        """The VAD's events, for the barge-in policy (once the agent's output exists)."""
+        if self._barge_in is not None:
+            self._barge_in.on_vad_event(ev)
+
+    @property
+    def barge_in(self) -> BargeIn | None:
+        return self._barge_in
+
+    def _speaking_uninterrupted(self) -> bool:
+        speech = self._agent._playing_speech
+        return speech is not None and not speech.interrupted
+
+    def _interrupt_playing(self) -> None:
+        """What 0.12's own barge-in does: interrupt the speech playing (queued ones stay)."""
+        speech = self._agent._playing_speech
+        if speech is not None and speech.allow_interruptions and not speech.interrupted:
+            speech.interrupt()
+
+    async def _install_barge_in(self) -> None:
+        # 0.12 builds its playout with the agent's audio source once the track is published;
+        # the playout (and each playout handle it makes) captures through this wrapper from now
+        await self.ready()
+        output = self._agent._agent_output
+        if output is None:
+            return
+        playout = output._agent_playout
+        source = PausableAudioSource(playout._audio_source)
+        playout._audio_source = source  # type: ignore[assignment]  # the calls it makes
+        self._barge_in = BargeIn(
+            source,
+            agent_speaking=self._speaking_uninterrupted,
+            interrupt=self._interrupt_playing,
+            options=self._barge_in_options,
+        )
 
     async def say(self, text: str, *, add_to_chat_ctx: bool = True) -> None:
         """Speak ``text`` after what is playing (never lost to a finishing speech)."""
@@ -338,7 +413,11 @@ class VoicePipeline:
         return asyncio.create_task(old.aclose()) if old is not None else None
 
     async def aclose(self) -> None:
+        if self._install_task is not None:
+            await utils.aio.gracefully_cancel(self._install_task)
         await close_pipeline_agent(self._agent)
+        if self._turn_detector is not None:
+            await self._turn_detector.aclose()
 
     # --- internals --------------------------------------------------------------------------
 

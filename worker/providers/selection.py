@@ -9,9 +9,11 @@ import aiohttp
 from livekit.agents import stt, tts, vad
 from livekit.plugins import deepgram
 
+from plugins.livekit_vad import VAD as LiveKitVAD
 from plugins.openai_llm import LLM
 from plugins.silero_vad import VAD as SileroVAD
-from worker.config import Settings, default_deepgram_voice
+from worker.config import Settings, TurnDetectorKind, VadProvider, default_deepgram_voice
+from worker.pipeline import turn_detector
 from worker.providers.segmenting_tts import SentenceTokenizer
 
 LOCAL_MAX_OUTPUT_TOKENS = 60
@@ -34,13 +36,23 @@ as LiveKit's) changes what servers do: vLLM rejects it unless started with
 into the prompt when it is sent."""
 
 
-def load_vad() -> vad.VAD:
-    """Silero VAD with its RNN state carried (model from the plugin wheel); once per process."""
-    return SileroVAD.load()
+def load_vad(
+    provider: VadProvider = Settings.vad_provider,
+    turn: TurnDetectorKind = Settings.turn_detector,
+) -> vad.VAD:
+    """The VAD (VAD_PROVIDER): LiveKit's native one, or Silero with its RNN state carried. Loads
+    the model: once per process (prewarm). With the audio turn detector its end of speech is
+    when the detector decides, so it comes after the detector's silence, not the plugin's."""
+    loader = SileroVAD.load if provider == "silero" else LiveKitVAD.load
+    if turn == "audio":
+        return loader(min_silence_duration=turn_detector.AudioTurnOptions().decide_after)
+    return loader()
 
 
 def prewarm_providers(settings: Settings) -> None:
     """Load the local models a session will use, once per job process (blocking)."""
+    if settings.turn_detector == "audio":
+        turn_detector.prewarm()
     if settings.stt_provider == "whisper":
         from plugins.whisper_stt import STT as WhisperSTT
 

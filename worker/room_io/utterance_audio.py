@@ -67,6 +67,31 @@ class UtteranceAudio:
             return None
         return llm.ChatAudio(frame=rtc.combine_audio_frames(frames))
 
+    def recent(self, seconds: float) -> rtc.AudioFrame | None:
+        """The last ``seconds`` of everything pushed, speech or not (None before any audio):
+        what the end-of-turn model scores while the user is silent."""
+        wanted = int(seconds * self._rate)
+        frames: list[rtc.AudioFrame] = []
+        have = 0
+        for _, frame in reversed(self._frames):
+            if have >= wanted:
+                break
+            frames.append(frame)
+            have += frame.samples_per_channel
+        if not frames:
+            return None
+        combined = rtc.combine_audio_frames(frames[::-1])
+        excess = max(0, have - wanted) * combined.num_channels
+        if not excess:
+            return combined
+        data = combined.data[excess:]
+        return rtc.AudioFrame(
+            data=data.tobytes(),
+            sample_rate=combined.sample_rate,
+            num_channels=combined.num_channels,
+            samples_per_channel=len(data) // combined.num_channels,
+        )
+
     def reset(self) -> None:
         """The utterance was committed: the next one starts at the next START_OF_SPEECH."""
         self._start = None

@@ -49,6 +49,7 @@ AGENT_METHODS = (
     "_link_participant",
     "_on_participant_connected",
     "_synthesize_agent_reply",
+    "_validate_reply_if_possible",
 )
 
 STATED_ELSEWHERE = {
@@ -177,9 +178,11 @@ async def test_the_pipeline_internals_the_adapter_uses_are_there() -> None:
             assert isinstance(agent._track_published_fut, asyncio.Future)
             assert not agent._track_published_fut.done()
             assert hasattr(agent._deferred_validation, "aclose")
-            # the transcript the next end-of-turn decision looks at (reset when it validates)
-            assert agent._deferred_validation._last_final_transcript == ""
             assert list(inspect.signature(agent._synthesize_agent_reply).parameters) == []
+            # the end-of-turn decision calls back the agent's own (overridable) method
+            validate = agent._validate_reply_if_possible
+            assert list(inspect.signature(validate).parameters) == []
+            assert agent._deferred_validation._validate_fnc == validate
             for name in AGENT_METHODS:
                 assert callable(getattr(agent, name)), name
             assert list(inspect.signature(agent._update_state).parameters) == ["state", "delay"]

@@ -15,9 +15,12 @@ VoicePipelineAgent (pipeline/pipeline_agent.py)
   that name, with no hook; swapped for :class:`MicrophoneInput` during the call (and called
   again to relink a participant who rejoined, after taking ``_human_input`` away).
   ``_playing_speech``: the reply a commit event belongs to (no public tie between the two).
-  ``_pending_agent_reply``, ``_speech_q``, ``_transcribed_text``, ``_synthesize_agent_reply``,
-  ``_deferred_validation._last_final_transcript``: withdrawing a reply that has not made a
-  sound when the user speaks again, and asking again at once.
+  ``_pending_agent_reply``, ``_speech_q``, ``_transcribed_text``: withdrawing a reply that has
+  not made a sound when the user speaks again. ``_synthesize_agent_reply`` and
+  ``_validate_reply_if_possible`` (overridden): after a withdrawal, one request for the merged
+  turn, made on the next final transcript or, if none comes, at the end-of-turn decision.
+  ``_add_speech_for_playout`` (overridden): the moment a reply is confirmed, so the policy can
+  report every reply when it ends, including one that never made a sound.
   ``_validate_reply_if_possible``, ``_last_speech_time`` (with ``_transcribed_text`` and
   ``_synthesize_agent_reply``): a typed chat message answered as a user turn (0.12 has no
   public entry for text the user did not speak); no end-of-utterance metric for it.
@@ -97,7 +100,7 @@ PRIVATE_MEMBERS: frozenset[str] = frozenset(
         "_validate_reply_if_possible",
         "_last_speech_time",
         "_deferred_validation",
-        "_last_final_transcript",
+        "_add_speech_for_playout",
         "_nested_speech_done_fut",
         "_update_state",
         "_track_published_fut",
@@ -135,6 +138,9 @@ PRIVATE_MEMBERS: frozenset[str] = frozenset(
     }
 )
 """Every private member of the framework this module reaches (and no other module does)."""
+
+REPLY_POLL_INTERVAL = 0.05
+"""Seconds between looks at a reply that may have been dropped silent (see ``wait_ended``)."""
 
 PipelineEvent = Literal[
     "user_started_speaking",
@@ -190,7 +196,16 @@ class MicrophoneInput(HumanInput):
 
 
 class _Agent(VoicePipelineAgent):
-    """VoicePipelineAgent hearing the participant through ``MicrophoneInput``."""
+    """VoicePipelineAgent hearing the participant through ``MicrophoneInput``, and asking the LLM
+    once per user turn when a reply is withdrawn (:meth:`VoicePipeline.withdraw_unplayed_replies`).
+    """
+
+    on_queued: Callable[[SpeechHandle], None] | None = None
+    """Called with each speech queued for playout (a confirmed reply, a ``say()``)."""
+    reply_owed = False
+    """A reply to the user's words was withdrawn and none replaces it yet: the next final
+    transcript asks again (with the merged words); if none comes, the end-of-turn decision
+    does."""
 
     def _link_participant(self, identity: str) -> None:
         # 0.12 builds its HumanInput by the name in its module, with no hook: swap the name for
@@ -200,6 +215,22 @@ class _Agent(VoicePipelineAgent):
             super()._link_participant(identity)
         finally:
             pipeline_agent.HumanInput = HumanInput  # type: ignore[misc]
+
+    def _synthesize_agent_reply(self) -> None:
+        self.reply_owed = False  # the new request carries every word not answered yet
+        super()._synthesize_agent_reply()
+
+    def _add_speech_for_playout(self, speech_handle: SpeechHandle) -> None:
+        super()._add_speech_for_playout(speech_handle)
+        if self.on_queued is not None:
+            self.on_queued(speech_handle)
+
+    def _validate_reply_if_possible(self) -> None:
+        # With preemptive synthesis 0.12 confirms only a reply requested on a final transcript;
+        # after a withdrawal with no transcript since (a cough), ask now, as 0.12 does without it.
+        if self.reply_owed and self._pending_agent_reply is None and self._transcribed_text.strip():
+            self._synthesize_agent_reply()
+        super()._validate_reply_if_possible()
 
 
 class VoicePipeline:
@@ -223,7 +254,7 @@ class VoicePipeline:
         min_endpointing_delay: float,
     ) -> None:
         self._hooks: PipelineHooks | None = None
-        self._agent: VoicePipelineAgent = _Agent(
+        self._agent = _Agent(
             vad=vad,
             stt=stt,
             llm=llm,
@@ -249,6 +280,12 @@ class VoicePipeline:
 
     def on(self, event: PipelineEvent, callback: Callable[..., None]) -> None:
         self._agent.on(event, callback)
+
+    def on_reply_queued(self, callback: Callable[[Reply], None]) -> None:
+        """``callback(reply)`` once a reply is confirmed (or a ``say()`` queued) for playout:
+        from then on it ends by ``reply.join()``, whether it played, was interrupted or was
+        withdrawn before making a sound."""
+        self._agent.on_queued = callback
 
     def start(self, room: rtc.Room, identity: str) -> None:
         self._agent.start(room, identity)
@@ -287,6 +324,12 @@ class VoicePipeline:
         agent = self._agent
         return agent._pending_agent_reply is not None and agent._playing_speech is None
 
+    def idle(self, *, ending: Reply | None = None) -> bool:
+        """No reply requested, confirmed or playing (``ending``: one that is over but still
+        on 0.12's queue for a moment)."""
+        agent = self._agent
+        return agent._pending_agent_reply is None and all(s is ending for s in agent._speech_q)
+
     def set_state(self, state: AgentState) -> None:
         """Publish ``lk.agent.state`` the way the agent does (its update task, replacing any
         pending update; skipped while the room is disconnected)."""
@@ -296,17 +339,18 @@ class VoicePipeline:
         """Until the agent's audio track is published (what its own say() waits for)."""
         await asyncio.shield(self._agent._track_published_fut)
 
-    def withdraw_unplayed_replies(self, *, may_withdraw: Callable[[Reply], bool]) -> list[str]:
+    def withdraw_unplayed_replies(self, *, may_withdraw: Callable[[Reply], bool]) -> list[Reply]:
         """Take back the replies confirmed for playout that have not made a sound yet (call it
         only while the agent is silent), because the user spoke again: a pause the VAD took for
-        the end of the turn. Returns their ids.
+        the end of the turn. Returns them (interrupted: their LLM request and synthesis stop).
 
         0.12 would play them and leave the user to barge in (0.5 s of speech later, the reply
         already audible). Nothing of theirs was committed (0.12 commits the user's question once
-        a reply played), so the user's words so far stay in the transcript and the reply is
-        requested again from them at once: the next final transcript replaces it with a fuller
-        one, and if none comes (a cough), the next end of speech confirms it after the usual
-        endpointing delay rather than 0.12's 5 s wait for a transcript."""
+        a reply played), so the user's words so far stay in the transcript, and the next
+        request carries them with the new ones: it is made on the next final transcript (one
+        request for the merged turn, never one more with the stale words while the user still
+        speaks). If no transcript comes (a cough), the end-of-turn decision asks for the words
+        there are, after 0.12's wait for a transcript."""
         agent = self._agent
         withdrawn = [
             speech
@@ -316,16 +360,22 @@ class VoicePipeline:
             and not speech.interrupted
             and may_withdraw(speech)
         ]
-        if not withdrawn:
-            return []
         for speech in withdrawn:
             speech.interrupt()
-        if agent._pending_agent_reply is None and agent._transcribed_text.strip():
-            agent._synthesize_agent_reply()
-            # the transcript the withdrawn reply was confirmed on counts again for the next
-            # decision
-            agent._deferred_validation._last_final_transcript = withdrawn[-1].user_question
-        return [speech.id for speech in withdrawn]
+        if withdrawn and agent._pending_agent_reply is None and agent._transcribed_text.strip():
+            agent.reply_owed = True
+        return withdrawn
+
+    async def wait_ended(self, reply: Reply) -> None:
+        """Until the pipeline is done with a reply confirmed for playout: played out,
+        interrupted, or dropped silent (0.12 never marks done a reply interrupted before its
+        playout began; it only takes it off its queue, with no event to wait for)."""
+        agent = self._agent
+        done = reply.join()
+        while not done.done():
+            if reply.interrupted and reply not in agent._speech_q:
+                return
+            await asyncio.wait([done], timeout=REPLY_POLL_INTERVAL)
 
     def relink(self, identity: str) -> asyncio.Task[None] | None:
         """Listen to a participant that rejoined (0.12's agent links one participant at start).

@@ -92,6 +92,8 @@ class FinishedReply:
     """... before saying anything: the reply is the apology."""
     tool_calls: tuple[ToolCallTiming, ...] = ()
     """The reply's tool calls, each with its start and end."""
+    withdrawn: bool = False
+    """Taken back before it made a sound (the user spoke again): nothing of it was heard."""
 
 
 @dataclass
@@ -145,14 +147,16 @@ class Conversation:
         self._ready_task: asyncio.Task[None] | None = None
         self._closed = False
         self._owned: set[asyncio.Task[None]] = set()
-        self._accounting: set[asyncio.Task[None]] = set()  # one per reply that started playing
+        self._accounting: dict[str, asyncio.Task[None]] = {}  # per reply confirmed or playing
         self._reported: set[str] = set()  # ids of replies reported finished
+        self._audible: set[str] = set()  # ids of replies that made a sound
         self._last_user_text: str | None = None
         self._agent_audible = False  # between agent_started_speaking and agent_stopped_speaking
         self.chat_ctx = chat_ctx
         self.pipeline = pipeline
         vad.listen(self._on_vad_event)
         pipeline.set_hooks(self)
+        pipeline.on_reply_queued(self._account_for)
         self._wire_pipeline()
 
     # --- public ------------------------------------------------------------------------------
@@ -210,7 +214,7 @@ class Conversation:
         if self._ready_task is not None:
             await utils.aio.gracefully_cancel(self._ready_task)
         await asyncio.gather(*self._owned, return_exceptions=True)
-        await utils.aio.gracefully_cancel(*self._accounting)
+        await utils.aio.gracefully_cancel(*self._accounting.values())
         await self.pipeline.aclose()
         await self._video.aclose()
         await self._llm.aclose()
@@ -271,7 +275,7 @@ class Conversation:
             if withdrawn:
                 logger.info(
                     "user spoke again before the reply's first sound: reply withdrawn",
-                    extra={"speech_ids": withdrawn},
+                    extra={"speech_ids": [reply.id for reply in withdrawn]},
                 )
         if ev.type == vad.VADEventType.END_OF_SPEECH and self._observer is not None:
             self._observer.on_user_stopped_speaking(time.perf_counter() - ev.silence_duration)
@@ -321,6 +325,7 @@ class Conversation:
         user_text: str | None,
         agent_text: str,
         committed: llm.ChatMessage | None,
+        withdrawn: bool = False,
     ) -> None:
         if speech is not None:
             self._reported.add(speech.id)
@@ -348,9 +353,10 @@ class Conversation:
                     tool_rounds=tool_rounds,
                     user_text=user_text,
                     agent_text=agent_text,
-                    llm_failed=llm_failed,
-                    apologised=apologised,
+                    llm_failed=llm_failed and not withdrawn,
+                    apologised=apologised and not withdrawn,
                     tool_calls=tool_calls,
+                    withdrawn=withdrawn,
                 )
             )
 
@@ -361,29 +367,41 @@ class Conversation:
             self._observer.on_first_audio(
                 speech.id if speech is not None else None, time.perf_counter()
             )
-        if speech is not None and speech.id not in self._reported:
-            task = asyncio.create_task(self._account_for(speech), name="conversation.account")
-            self._accounting.add(task)
-            task.add_done_callback(self._accounting.discard)
+        if speech is not None:
+            self._audible.add(speech.id)
+            self._account_for(speech)  # a say() nested into a reply was never queued
 
-    async def _account_for(self, speech: Reply) -> None:
-        """Report a reply that played but was never committed. 0.12 commits nothing for a
-        reply interrupted in its first 1.5 s of playout (MIN_TIME_PLAYED_FOR_COMMIT: the
-        user's question then merges into their next turn), so no event says it ended; the user
-        heard part of it all the same, and the metrics must count it (as interrupted)."""
-        await asyncio.shield(speech.join())
-        if speech.id in self._reported:
-            self._reported.discard(speech.id)  # reported by its commit: forget it
-            return
-        played = played_text(speech)
-        self._report_reply(
-            speech,
-            interrupted=speech.interrupted,
-            user_text=speech.user_question or None,
-            agent_text=played,
-            committed=None,
-        )
-        self._reported.discard(speech.id)
+    def _account_for(self, speech: Reply) -> None:
+        """Report the reply when it ends, unless its commit event does (once per reply)."""
+        if speech.id not in self._reported and speech.id not in self._accounting:
+            task = asyncio.create_task(self._report_when_ended(speech), name="conversation.turn")
+            self._accounting[speech.id] = task
+            task.add_done_callback(lambda _: self._accounting.pop(speech.id, None))
+
+    async def _report_when_ended(self, speech: Reply) -> None:
+        """Report a reply that ended without a commit event: 0.12 commits nothing for a reply
+        interrupted in its first 1.5 s of playout (MIN_TIME_PLAYED_FOR_COMMIT: the user's
+        question then merges into their next turn), for one withdrawn before its first sound,
+        or for one with no text to say. The user heard part of the first all the same, and
+        the metrics must count each (interrupted, withdrawn, or as it ended)."""
+        try:
+            await self.pipeline.wait_ended(speech)
+            if speech.id in self._reported:
+                return  # reported by its commit
+            audible = speech.id in self._audible
+            self._report_reply(
+                speech,
+                interrupted=speech.interrupted and audible,
+                user_text=speech.user_question or None,
+                agent_text=played_text(speech),
+                committed=None,
+                withdrawn=speech.interrupted and not audible,
+            )
+            if not audible and not self._agent_audible and self.pipeline.idle(ending=speech):
+                self.pipeline.set_state("listening")  # 0.12 says so only after a playout
+        finally:
+            self._reported.discard(speech.id)
+            self._audible.discard(speech.id)
 
     def _on_agent_stopped_speaking(self, *_: Any) -> None:
         self._agent_audible = False

@@ -33,12 +33,13 @@ def last_user_text(body: dict[str, Any]) -> str:
 
 
 def respond(first_ttft: float) -> Any:
-    """The first question alone gets a slow answer; the merged turn a fast one."""
+    """The first question alone gets the stale answer (after ``first_ttft``); anything longer,
+    the merged turn, a fast one."""
 
     def answer(body: dict[str, Any]) -> Reply:
-        if SECOND in last_user_text(body):
-            return Reply(text=MERGED, ttft=0.2, tokens_per_second=50)
-        return Reply(text=STALE, ttft=first_ttft, tokens_per_second=50)
+        if last_user_text(body).strip() == FIRST:
+            return Reply(text=STALE, ttft=first_ttft, tokens_per_second=50)
+        return Reply(text=MERGED, ttft=0.2, tokens_per_second=50)
 
     return answer
 
@@ -129,3 +130,38 @@ async def test_a_sound_without_words_after_a_withdrawal_still_gets_the_answer(
     assert [first["outcome"], second["outcome"]] == ["withdrawn", "answered"]
     assert isinstance(second["e2e_latency"], float)
     assert second["e2e_latency"] > 0
+
+
+LONG = (
+    "and then I also wanted to tell you about my trip to the mountains last summer where we "
+    "walked for many hours every day and saw lakes and forests and a lot of birds"
+)
+
+
+async def test_a_transcript_inside_an_utterance_does_not_answer_it_at_its_end(
+    make_session: SessionFactory,
+) -> None:
+    """The STT ends a segment at a short pause the VAD keeps inside the utterance, and its final
+    comes after the VAD's end of speech (as Whisper's does): the reply requested on the first
+    words is not confirmed when the utterance ends; one reply answers all of it, with its
+    e2e. (0.12 plays the stale reply, cut off by the late transcript's reply, whose e2e was
+    then lost.)"""
+    h = await make_session(
+        respond(first_ttft=0.2), listen=ListenOptions(final_delay=0.9, min_gap=0.3)
+    )
+    await h.utter(FIRST)
+    await asyncio.sleep(0.4)  # + the clip's trailing silence: a pause shorter than the VAD's
+    await h.utter(LONG)
+    await h.wait_for_replies(1, timeout=30)
+    asked = [last_user_text(r.body) for r in h.oai.requests]
+    assert asked[-1] == f"{FIRST} {LONG}"
+    assert len(h.named("agent_started_speaking")) == 1
+    (turn,) = await turns(h, 1)
+    assert turn["outcome"] == "answered"
+    assert isinstance(turn["e2e_latency"], float)
+    assert turn["e2e_latency"] > 0
+    assert turn["sequence_id"] in {
+        d.json().get("sequence_id")
+        for d in h.room.outbox.data_on("agent.metrics")
+        if d.json()["type"] == "eou"
+    }

@@ -35,7 +35,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -667,6 +667,7 @@ async def _converse(
             _wait_answered(
                 room,
                 settings.metrics_topic,
+                answering=parts.conversation.awaiting_reply,
                 settle=options.settle,
                 grace=options.grace,
                 timeout=options.reply_timeout,
@@ -741,6 +742,7 @@ async def _wait_answered(
     room: LocalRoom,
     topic: str,
     *,
+    answering: Callable[[], bool],
     settle: float,
     grace: float,
     timeout: float,
@@ -748,12 +750,13 @@ async def _wait_answered(
 ) -> bool:
     """True once the agent is done answering (module docstring), False after ``timeout``.
 
-    Done = idle (not thinking or speaking, no user transcript waiting for a reply) and either
-    the ``turn`` summary of the last reply is out, or idle has held for ``grace`` seconds (a
-    reply without summary, e.g. a greeting: the pipeline commits a reply up to 0.2 s after
-    its playout ends, and the summary follows the commit). With ``expect_speech`` (the input
-    was not silence), not idle before the user's first final transcript: a cold or busy
-    Whisper can take longer than ``settle`` to transcribe.
+    Done = idle (not thinking or speaking, no user transcript waiting for a reply, and
+    ``answering()`` false: nothing requested or playing, no transcript of the user's last
+    words still to come) and either the ``turn`` summary of the last reply is out, or idle has
+    held for ``grace`` seconds (a reply without summary, e.g. a greeting: the pipeline commits a
+    reply up to 0.2 s after its playout ends, and the summary follows the commit). With
+    ``expect_speech`` (the input was not silence), not idle before the user's first final
+    transcript: a cold or busy Whisper can take longer than ``settle`` to transcribe.
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
@@ -765,6 +768,8 @@ async def _wait_answered(
         return [(u.at, u.changed[key]) for u in outbox.attribute_updates if key in u.changed]
 
     def idle() -> bool:
+        if answering():
+            return False
         state_at, state = (states() or [(-math.inf, "initializing")])[-1]
         if state in ("thinking", "speaking"):
             return False
@@ -784,10 +789,15 @@ async def _wait_answered(
         )
 
     while (remaining := deadline - loop.time()) > 0:
+        if not idle():
+            # ``answering()`` may turn false with no change in the room (a transcript that never
+            # comes): look again now and then
+            with contextlib.suppress(TimeoutError):
+                await outbox.wait_for(idle, timeout=min(remaining, grace))
+            continue
+        if reported():
+            return True
         try:
-            await outbox.wait_for(idle, timeout=remaining)
-            if reported():
-                return True
             await outbox.wait_for(
                 lambda: not idle() or reported(), timeout=min(grace, deadline - loop.time())
             )

@@ -21,6 +21,9 @@ VoicePipelineAgent (pipeline/pipeline_agent.py)
   turn, made on the next final transcript or, if none comes, at the end-of-turn decision.
   ``_add_speech_for_playout`` (overridden): the moment a reply is confirmed, so the policy can
   report every reply when it ends, including one that never made a sound.
+  ``_last_final_transcript_time``, ``_deferred_validation._run``: holding the end-of-turn
+  decision until the transcript of the user's last words is in (a reply requested on an
+  earlier transcript would answer stale words), re-running it after the policy's wait.
   ``_validate_reply_if_possible``, ``_last_speech_time`` (with ``_transcribed_text`` and
   ``_synthesize_agent_reply``): a typed chat message answered as a user turn (0.12 has no
   public entry for text the user did not speak); no end-of-utterance metric for it.
@@ -101,6 +104,8 @@ PRIVATE_MEMBERS: frozenset[str] = frozenset(
         "_last_speech_time",
         "_deferred_validation",
         "_add_speech_for_playout",
+        "_last_final_transcript_time",
+        "_run",
         "_nested_speech_done_fut",
         "_update_state",
         "_track_published_fut",
@@ -172,6 +177,12 @@ class PipelineHooks(Protocol):
         """A reply's (or a ``say()``'s) text starts towards TTS."""
         ...
 
+    def transcript_wait(self, last_transcript_at: float | None) -> float:
+        """The end-of-turn rule would confirm the reply now: seconds to hold that decision
+        for the transcript of the user's last words (0: decide now). ``last_transcript_at`` is
+        when the last final transcript arrived (perf_counter)."""
+        ...
+
 
 # --- VoicePipelineAgent ---------------------------------------------------------------------
 
@@ -202,6 +213,8 @@ class _Agent(VoicePipelineAgent):
 
     on_queued: Callable[[SpeechHandle], None] | None = None
     """Called with each speech queued for playout (a confirmed reply, a ``say()``)."""
+    transcript_wait: Callable[[float | None], float] | None = None
+    """The policy's hold on the end-of-turn decision (``PipelineHooks.transcript_wait``)."""
     reply_owed = False
     """A reply to the user's words was withdrawn and none replaces it yet: the next final
     transcript asks again (with the merged words); if none comes, the end-of-turn decision
@@ -226,6 +239,13 @@ class _Agent(VoicePipelineAgent):
             self.on_queued(speech_handle)
 
     def _validate_reply_if_possible(self) -> None:
+        wait = self.transcript_wait(self._last_final_transcript_time) if self.transcript_wait else 0
+        if wait > 0:
+            # decide again when a final transcript arrives (0.12 then re-runs the decision) or
+            # after ``wait``; the user speaking again cancels it, as any pending decision. (This
+            # runs in the decision's own task, which ends right after: replacing it is safe.)
+            self._deferred_validation._run(wait)
+            return
         # With preemptive synthesis 0.12 confirms only a reply requested on a final transcript;
         # after a withdrawal with no transcript since (a cough), ask now, as 0.12 does without it.
         if self.reply_owed and self._pending_agent_reply is None and self._transcribed_text.strip():
@@ -277,6 +297,7 @@ class VoicePipeline:
 
     def set_hooks(self, hooks: PipelineHooks) -> None:
         self._hooks = hooks
+        self._agent.transcript_wait = hooks.transcript_wait
 
     def on(self, event: PipelineEvent, callback: Callable[..., None]) -> None:
         self._agent.on(event, callback)
@@ -329,6 +350,10 @@ class VoicePipeline:
         on 0.12's queue for a moment)."""
         agent = self._agent
         return agent._pending_agent_reply is None and all(s is ending for s in agent._speech_q)
+
+    def last_transcript_at(self) -> float | None:
+        """When the user's last final transcript arrived (perf_counter), if any did."""
+        return self._agent._last_final_transcript_time
 
     def set_state(self, state: AgentState) -> None:
         """Publish ``lk.agent.state`` the way the agent does (its update task, replacing any

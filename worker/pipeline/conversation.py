@@ -44,6 +44,13 @@ from worker.tools.runner import (
 
 logger = logging.getLogger("worker.pipeline.conversation")
 
+TRANSCRIPT_WAIT = 5.0
+"""Longest hold, from the end of the user's words, for their transcript before the end-of-turn
+decision goes ahead without it (0.12's FINAL_TRANSCRIPT_TIMEOUT)."""
+TRANSCRIPT_SLACK = 0.3
+"""A final transcript this much before the VAD's estimate of the end of speech still counts as
+covering it (the VAD's estimate trails the last voiced sound)."""
+
 
 @dataclass(frozen=True)
 class ConversationOptions:
@@ -152,6 +159,7 @@ class Conversation:
         self._audible: set[str] = set()  # ids of replies that made a sound
         self._last_user_text: str | None = None
         self._agent_audible = False  # between agent_started_speaking and agent_stopped_speaking
+        self._speech_ended_at: float | None = None  # the user's last words ended (perf_counter)
         self.chat_ctx = chat_ctx
         self.pipeline = pipeline
         vad.listen(self._on_vad_event)
@@ -254,6 +262,27 @@ class Conversation:
             source, lambda: observer.on_first_text(sequence_id, time.perf_counter())
         )
 
+    def awaiting_reply(self) -> bool:
+        """The user's last words are not answered yet: a reply is requested, confirmed or
+        playing, or their transcript may still come (see :meth:`transcript_wait`)."""
+        if not self.pipeline.idle():
+            return True
+        return self.transcript_wait(self.pipeline.last_transcript_at()) > 0
+
+    def transcript_wait(self, last_transcript_at: float | None) -> float:
+        """Hold the end-of-turn decision while the user's last words have no transcript yet:
+        the reply at hand was requested on earlier words (an STT whose final comes after the
+        VAD's end of speech, as Whisper's does, or a final in a pause the VAD did not end the
+        turn at). Confirming it would play a stale answer, cut off by the next transcript's
+        reply. Words with no transcript at all (a cough) release the decision after
+        ``TRANSCRIPT_WAIT``, 0.12's own wait for a transcript."""
+        ended = self._speech_ended_at
+        if ended is None:
+            return 0.0
+        if last_transcript_at is not None and last_transcript_at >= ended - TRANSCRIPT_SLACK:
+            return 0.0
+        return max(0.0, ended + TRANSCRIPT_WAIT - time.perf_counter())
+
     def _wire_pipeline(self) -> None:
         agent = self.pipeline
         agent.on("user_speech_committed", self._on_user_committed)
@@ -277,8 +306,10 @@ class Conversation:
                     "user spoke again before the reply's first sound: reply withdrawn",
                     extra={"speech_ids": [reply.id for reply in withdrawn]},
                 )
-        if ev.type == vad.VADEventType.END_OF_SPEECH and self._observer is not None:
-            self._observer.on_user_stopped_speaking(time.perf_counter() - ev.silence_duration)
+        if ev.type == vad.VADEventType.END_OF_SPEECH:
+            self._speech_ended_at = time.perf_counter() - ev.silence_duration
+            if self._observer is not None:
+                self._observer.on_user_stopped_speaking(self._speech_ended_at)
         if ev.type != vad.VADEventType.END_OF_SPEECH and self._audio.in_utterance:
             self._video.refresh()  # rate-limited: keeps a ready image while the user speaks
 

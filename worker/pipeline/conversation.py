@@ -46,7 +46,10 @@ logger = logging.getLogger("worker.pipeline.conversation")
 
 TRANSCRIPT_WAIT = 5.0
 """Longest hold, from the end of the user's words, for their transcript before the end-of-turn
-decision goes ahead without it (0.12's FINAL_TRANSCRIPT_TIMEOUT)."""
+decision goes ahead without it (0.12's FINAL_TRANSCRIPT_TIMEOUT) ..."""
+TRANSCRIPT_WAIT_PER_SECOND = 1.0
+"""... plus this much per second of the words: an STT that transcribes a whole utterance after
+it ended (Whisper, on a busy CPU) takes time in proportion to it."""
 TRANSCRIPT_SLACK = 0.3
 """A final transcript this much before the VAD's estimate of the end of speech still counts as
 covering it (the VAD's estimate trails the last voiced sound)."""
@@ -160,6 +163,7 @@ class Conversation:
         self._last_user_text: str | None = None
         self._agent_audible = False  # between agent_started_speaking and agent_stopped_speaking
         self._speech_ended_at: float | None = None  # the user's last words ended (perf_counter)
+        self._speech_started_at: float | None = None  # ... and began
         self.chat_ctx = chat_ctx
         self.pipeline = pipeline
         vad.listen(self._on_vad_event)
@@ -275,13 +279,16 @@ class Conversation:
         VAD's end of speech, as Whisper's does, or a final in a pause the VAD did not end the
         turn at). Confirming it would play a stale answer, cut off by the next transcript's
         reply. Words with no transcript at all (a cough) release the decision after
-        ``TRANSCRIPT_WAIT``, 0.12's own wait for a transcript."""
+        ``TRANSCRIPT_WAIT`` (0.12's own wait for a transcript) and a little more per second of
+        them."""
         ended = self._speech_ended_at
         if ended is None:
             return 0.0
         if last_transcript_at is not None and last_transcript_at >= ended - TRANSCRIPT_SLACK:
             return 0.0
-        return max(0.0, ended + TRANSCRIPT_WAIT - time.perf_counter())
+        began = self._speech_started_at if self._speech_started_at is not None else ended
+        wait = TRANSCRIPT_WAIT + TRANSCRIPT_WAIT_PER_SECOND * max(0.0, ended - began)
+        return max(0.0, ended + wait - time.perf_counter())
 
     def _wire_pipeline(self) -> None:
         agent = self.pipeline
@@ -306,6 +313,8 @@ class Conversation:
                     "user spoke again before the reply's first sound: reply withdrawn",
                     extra={"speech_ids": [reply.id for reply in withdrawn]},
                 )
+        if ev.type == vad.VADEventType.START_OF_SPEECH:
+            self._speech_started_at = time.perf_counter() - ev.speech_duration
         if ev.type == vad.VADEventType.END_OF_SPEECH:
             self._speech_ended_at = time.perf_counter() - ev.silence_duration
             if self._observer is not None:

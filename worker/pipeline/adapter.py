@@ -71,8 +71,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import time
 from collections.abc import AsyncIterable, Awaitable, Callable
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, cast
 
 from aiohttp import web
 from livekit import rtc
@@ -351,6 +352,22 @@ class VoicePipeline:
         agent = self._agent
         return agent._pending_agent_reply is None and all(s is ending for s in agent._speech_q)
 
+    def transcribing(self) -> bool:
+        """The STT is working on a transcript it has not delivered yet (known for an STT that
+        transcribes whole utterances, :class:`VADSegmentedSTT`; False for a streaming one)."""
+        speech_to_text = self._agent.stt
+        return isinstance(speech_to_text, VADSegmentedSTT) and speech_to_text.transcribing
+
+    def transcribed_since(self, at: float) -> bool:
+        """An STT that transcribes whole utterances finished one after ``at`` (perf_counter),
+        and has nothing under way: whatever it heard since then has been delivered (an empty
+        transcript is not delivered at all)."""
+        speech_to_text = self._agent.stt
+        if not isinstance(speech_to_text, VADSegmentedSTT) or speech_to_text.transcribing:
+            return False
+        done = speech_to_text.last_recognition_at
+        return done is not None and done > at
+
     def last_transcript_at(self) -> float | None:
         """When the user's last final transcript arrived (perf_counter), if any did."""
         return self._agent._last_final_transcript_time
@@ -532,7 +549,26 @@ def without_retries(stream: tts.SynthesizeStream) -> tts.SynthesizeStream:
 
 class VADSegmentedSTT(stt.StreamAdapter):
     """The framework's StreamAdapter (a batch STT made streaming by VAD segments), whose
-    streams close the VAD stream they open (0.12.21 leaves it running: two tasks a session)."""
+    streams close the VAD stream they open (0.12.21 leaves it running: two tasks a session),
+    and which says when a transcript is on its way (:attr:`transcribing`)."""
+
+    def __init__(self, *, stt: stt.STT, vad: vad.VAD) -> None:
+        super().__init__(stt=stt, vad=vad)
+        self._recognitions = _Recognitions(stt)
+
+    @property
+    def transcribing(self) -> bool:
+        """A segment is being recognised, or its transcript was just handed on (it reaches the
+        pipeline a loop turn or two later). The transcript of an utterance comes only after it
+        ended, and takes time in proportion to it."""
+        done = self._recognitions.finished_at
+        recent = done is not None and time.perf_counter() - done < DELIVERY_SLACK
+        return self._recognitions.running > 0 or recent
+
+    @property
+    def last_recognition_at(self) -> float | None:
+        """When the last recognition ended (perf_counter)."""
+        return self._recognitions.finished_at
 
     def stream(
         self,
@@ -540,9 +576,33 @@ class VADSegmentedSTT(stt.StreamAdapter):
         language: str | None = None,
         conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS,
     ) -> stt.RecognizeStream:
+        # the stream only calls ``recognize`` on the STT it wraps: count those calls
+        wrapped = cast(stt.STT, self._recognitions)
         return _ClosingAdapterStream(
-            self, vad=self._vad, wrapped_stt=self._stt, language=language, conn_options=conn_options
+            self, vad=self._vad, wrapped_stt=wrapped, language=language, conn_options=conn_options
         )
+
+
+DELIVERY_SLACK = 0.2
+"""Seconds a finished recognition counts as still under way (its result is being delivered)."""
+
+
+class _Recognitions:
+    """A batch STT as StreamAdapterWrapper uses it (``recognize`` only), counting the calls
+    under way."""
+
+    def __init__(self, inner: stt.STT) -> None:
+        self._inner = inner
+        self.running = 0
+        self.finished_at: float | None = None
+
+    async def recognize(self, **kwargs: Any) -> stt.SpeechEvent:
+        self.running += 1
+        try:
+            return await self._inner.recognize(**kwargs)
+        finally:
+            self.running -= 1
+            self.finished_at = time.perf_counter()
 
 
 class _ClosingAdapterStream(StreamAdapterWrapper):

@@ -46,10 +46,10 @@ logger = logging.getLogger("worker.pipeline.conversation")
 
 TRANSCRIPT_WAIT = 5.0
 """Longest hold, from the end of the user's words, for their transcript before the end-of-turn
-decision goes ahead without it (0.12's FINAL_TRANSCRIPT_TIMEOUT) ..."""
-TRANSCRIPT_WAIT_PER_SECOND = 1.0
-"""... plus this much per second of the words: an STT that transcribes a whole utterance after
-it ended (Whisper, on a busy CPU) takes time in proportion to it."""
+decision goes ahead without it (0.12's FINAL_TRANSCRIPT_TIMEOUT), unless the STT says the
+transcript is on its way."""
+TRANSCRIPT_RECHECK = 0.25
+"""While the STT says a transcript is on its way, the decision is looked at again this often."""
 TRANSCRIPT_SLACK = 0.3
 """A final transcript this much before the VAD's estimate of the end of speech still counts as
 covering it (the VAD's estimate trails the last voiced sound)."""
@@ -163,7 +163,6 @@ class Conversation:
         self._last_user_text: str | None = None
         self._agent_audible = False  # between agent_started_speaking and agent_stopped_speaking
         self._speech_ended_at: float | None = None  # the user's last words ended (perf_counter)
-        self._speech_started_at: float | None = None  # ... and began
         self.chat_ctx = chat_ctx
         self.pipeline = pipeline
         vad.listen(self._on_vad_event)
@@ -278,17 +277,19 @@ class Conversation:
         the reply at hand was requested on earlier words (an STT whose final comes after the
         VAD's end of speech, as Whisper's does, or a final in a pause the VAD did not end the
         turn at). Confirming it would play a stale answer, cut off by the next transcript's
-        reply. Words with no transcript at all (a cough) release the decision after
-        ``TRANSCRIPT_WAIT`` (0.12's own wait for a transcript) and a little more per second of
-        them."""
+        reply. The hold lasts while the STT says the transcript is on its way; words with no
+        transcript at all (a cough) release it once the STT is done with them or, for an STT
+        that does not say, after ``TRANSCRIPT_WAIT``."""
         ended = self._speech_ended_at
         if ended is None:
             return 0.0
         if last_transcript_at is not None and last_transcript_at >= ended - TRANSCRIPT_SLACK:
             return 0.0
-        began = self._speech_started_at if self._speech_started_at is not None else ended
-        wait = TRANSCRIPT_WAIT + TRANSCRIPT_WAIT_PER_SECOND * max(0.0, ended - began)
-        return max(0.0, ended + wait - time.perf_counter())
+        if self.pipeline.transcribed_since(ended):
+            return 0.0
+        if self.pipeline.transcribing():
+            return TRANSCRIPT_RECHECK
+        return max(0.0, ended + TRANSCRIPT_WAIT - time.perf_counter())
 
     def _wire_pipeline(self) -> None:
         agent = self.pipeline
@@ -313,8 +314,6 @@ class Conversation:
                     "user spoke again before the reply's first sound: reply withdrawn",
                     extra={"speech_ids": [reply.id for reply in withdrawn]},
                 )
-        if ev.type == vad.VADEventType.START_OF_SPEECH:
-            self._speech_started_at = time.perf_counter() - ev.speech_duration
         if ev.type == vad.VADEventType.END_OF_SPEECH:
             self._speech_ended_at = time.perf_counter() - ev.silence_duration
             if self._observer is not None:

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from livekit.agents import llm
 
-from plugins.openai_llm import LLM, LLMOptions
+from plugins.openai_llm import LLM
 from tests.conftest import SessionFactory
 from tests.loopback.openai_server import OpenAIServer, Reply, ToolCall
 from worker.tools.runner import ToolRunningLLM, ToolRunningLLMOptions
@@ -31,7 +31,7 @@ EMPTY_ANSWERS = {
 @pytest.mark.parametrize("answer", EMPTY_ANSWERS.values(), ids=EMPTY_ANSWERS.keys())
 async def test_a_reply_with_no_text_becomes_the_apology(answer: Reply) -> None:
     async with OpenAIServer(lambda body: answer) as server:
-        runner = ToolRunningLLM(LLM(LLMOptions(base_url=server.base_url, api_key="sk-test")))
+        runner = ToolRunningLLM(LLM(base_url=server.base_url, api_key="sk-test"))
         ctx = llm.ChatContext().append(role="user", text=QUESTION)
         stream = runner.chat(chat_ctx=ctx)
         text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])

@@ -57,10 +57,14 @@ async def test_the_agent_apologises_reports_and_listens_again(
     await h.room.outbox.wait_for(
         lambda: h.room.outbox.attribute_values("lk.agent.state")[-1] == "listening", timeout=10
     )
-    turns = [d.json() for d in h.room.outbox.data_on("agent.metrics")]
-    turns = [t for t in turns if t["type"] == "turn"]
-    assert [(t["outcome"], t["error"]) for t in turns] == [("apologised", "llm")]
-    assert isinstance(turns[0]["e2e_latency"], float)
+
+    def turns() -> list[dict[str, Any]]:
+        sent = [d.json() for d in h.room.outbox.data_on("agent.metrics")]
+        return [t for t in sent if t["type"] == "turn"]
+
+    await h.room.outbox.wait_for(lambda: bool(turns()), timeout=10)
+    assert [(t["outcome"], t["error"]) for t in turns()] == [("apologised", "llm")]
+    assert isinstance(turns()[0]["e2e_latency"], float)
 
     # not stuck: the next question is answered
     await h.utter("Is it a big city?")

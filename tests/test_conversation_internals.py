@@ -225,7 +225,11 @@ async def test_the_pipeline_internals_the_adapter_uses_are_there() -> None:
             await tts_stream.aclose()
             segmented = StreamAdapter(stt=speech_to_text, vad=vad)
             assert segmented._vad is vad
-            assert segmented._stt is speech_to_text
+            # the STT a StreamAdapterWrapper wraps is asked only to recognize (VADSegmentedSTT
+            # hands it a counter of recognitions instead of the STT itself)
+            wrapper_run = inspect.getsource(StreamAdapterWrapper._run)
+            assert wrapper_run.count("self._wrapped_stt.") == 1
+            assert "self._wrapped_stt.recognize(" in wrapper_run
             assert "_vad_stream" in inspect.getsource(StreamAdapterWrapper.__init__)
 
             # the fallback adapter's per-LLM status with its probe task

@@ -20,7 +20,8 @@ When is the agent done answering? The room shows it: the agent sets ``lk.agent.s
 (thinking/speaking/listening) and publishes the user's final transcripts. After the input
 has played, ``settle`` seconds are left for the pipeline to notice the end of speech and
 transcribe it; then the run waits until the agent is not thinking or speaking, its last
-state change came after the user's last final transcript (so no reply is pending), and the
+state change came after the user's last final transcript, the conversation has no reply
+requested or playing and no transcript of the user's last words still to come, and the
 last reply's ``turn`` summary is out (or idle held ``grace`` seconds), at most
 ``reply_timeout`` seconds from the end of the input.
 """

@@ -42,8 +42,9 @@ STT / TTS streams
   ``RecognizeStream._FlushSentinel``, ``SynthesizeStream._FlushSentinel``: the flush marker in
   a stream's input channel (wrappers forward it). ``_conn_options`` (TTS and SynthesizeStream):
   turning off the framework's retry of an inner TTS stream, which would lose its text.
-  ``StreamAdapter._vad`` / ``_stt``, ``StreamAdapterWrapper._vad_stream``: closing the VAD
-  stream the framework's STT StreamAdapter opens and leaves running.
+  ``StreamAdapter._vad``, ``StreamAdapterWrapper._vad_stream``: closing the VAD stream the
+  framework's STT StreamAdapter opens and leaves running; the stream it builds is given an STT
+  that counts its ``recognize`` calls (all it calls), to tell when a transcript is on its way.
 LLM
   ``FallbackAdapter._status[i].recovering_task``: the background probes of a failed LLM.
 Worker
@@ -127,7 +128,6 @@ PRIVATE_MEMBERS: frozenset[str] = frozenset(
         "_FlushSentinel",
         "_conn_options",
         "_vad",
-        "_stt",
         "_vad_stream",
         "_status",
         "_DefaultLoadCalc",
@@ -554,21 +554,21 @@ class VADSegmentedSTT(stt.StreamAdapter):
 
     def __init__(self, *, stt: stt.STT, vad: vad.VAD) -> None:
         super().__init__(stt=stt, vad=vad)
-        self._recognitions = _Recognitions(stt)
+        self.recognitions = _Recognitions(stt)
 
     @property
     def transcribing(self) -> bool:
         """A segment is being recognised, or its transcript was just handed on (it reaches the
         pipeline a loop turn or two later). The transcript of an utterance comes only after it
         ended, and takes time in proportion to it."""
-        done = self._recognitions.finished_at
+        done = self.recognitions.finished_at
         recent = done is not None and time.perf_counter() - done < DELIVERY_SLACK
-        return self._recognitions.running > 0 or recent
+        return self.recognitions.running > 0 or recent
 
     @property
     def last_recognition_at(self) -> float | None:
         """When the last recognition ended (perf_counter)."""
-        return self._recognitions.finished_at
+        return self.recognitions.finished_at
 
     def stream(
         self,
@@ -577,7 +577,7 @@ class VADSegmentedSTT(stt.StreamAdapter):
         conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS,
     ) -> stt.RecognizeStream:
         # the stream only calls ``recognize`` on the STT it wraps: count those calls
-        wrapped = cast(stt.STT, self._recognitions)
+        wrapped = cast(stt.STT, self.recognitions)
         return _ClosingAdapterStream(
             self, vad=self._vad, wrapped_stt=wrapped, language=language, conn_options=conn_options
         )
@@ -592,14 +592,14 @@ class _Recognitions:
     under way."""
 
     def __init__(self, inner: stt.STT) -> None:
-        self._inner = inner
+        self.inner = inner
         self.running = 0
         self.finished_at: float | None = None
 
     async def recognize(self, **kwargs: Any) -> stt.SpeechEvent:
         self.running += 1
         try:
-            return await self._inner.recognize(**kwargs)
+            return await self.inner.recognize(**kwargs)
         finally:
             self.running -= 1
             self.finished_at = time.perf_counter()

@@ -8,8 +8,11 @@ endpointing, playout and interruptions) and fills the pipeline's gaps:
 - the context is one rolling, bounded ChatContext (``context.trim_chat_context``);
 - tool calls run concurrently inside the LLM stream (``worker.tools.runner``), and their
   messages are persisted next to the reply they belong to;
-- a reply confirmed for playout but still silent is withdrawn when the user speaks again;
-- every metrics event and a per-reply summary go to an observer (the session's metrics);
+- a reply confirmed for playout but still silent is withdrawn when the user speaks again, and
+  one request answers the merged turn; the end-of-turn decision waits for the transcript of
+  the user's last words (a reply requested on earlier words would answer stale ones);
+- every metrics event and a per-reply summary go to an observer (the session's metrics), the
+  summary as soon as the reply ends (played, interrupted, withdrawn or silent);
 - ``aclose()`` really closes the pipeline's tasks and streams.
 
 The reply is requested on the final transcript, before the VAD's silence window ends, and

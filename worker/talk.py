@@ -743,20 +743,20 @@ async def _wait_answered(
     room: LocalRoom,
     topic: str,
     *,
-    answering: Callable[[], bool],
     settle: float,
     grace: float,
     timeout: float,
     expect_speech: bool = False,
+    answering: Callable[[], bool] | None = None,
 ) -> bool:
     """True once the agent is done answering (module docstring), False after ``timeout``.
 
     Done = idle (not thinking or speaking, no user transcript waiting for a reply, and
-    ``answering()`` false: nothing requested or playing, no transcript of the user's last
-    words still to come) and either the ``turn`` summary of the last reply is out, or idle has
-    held for ``grace`` seconds (a reply without summary, e.g. a greeting: the pipeline commits a
-    reply up to 0.2 s after its playout ends, and the summary follows the commit). With
-    ``expect_speech`` (the input was not silence), not idle before the user's first final
+    ``answering()``, if given, false: nothing requested or playing, no transcript of the user's
+    last words still to come) and either the ``turn`` summary of the last reply is out, or idle
+    has held for ``grace`` seconds (a reply without summary, e.g. a greeting: the pipeline
+    commits a reply up to 0.2 s after its playout ends, and the summary follows the commit).
+    With ``expect_speech`` (the input was not silence), not idle before the user's first final
     transcript: a cold or busy Whisper can take longer than ``settle`` to transcribe.
     """
     loop = asyncio.get_running_loop()
@@ -769,7 +769,7 @@ async def _wait_answered(
         return [(u.at, u.changed[key]) for u in outbox.attribute_updates if key in u.changed]
 
     def idle() -> bool:
-        if answering():
+        if answering is not None and answering():
             return False
         state_at, state = (states() or [(-math.inf, "initializing")])[-1]
         if state in ("thinking", "speaking"):

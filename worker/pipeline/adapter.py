@@ -239,6 +239,10 @@ class _Agent(VoicePipelineAgent):
         if self.on_queued is not None:
             self.on_queued(speech_handle)
 
+    def confirm_now(self) -> None:
+        """The end-of-turn decision without the wait for a transcript (typed text needs none)."""
+        super()._validate_reply_if_possible()
+
     def _validate_reply_if_possible(self) -> None:
         wait = self.transcript_wait(self._last_final_transcript_time) if self.transcript_wait else 0
         if wait > 0:
@@ -334,7 +338,7 @@ class VoicePipeline:
         agent._last_speech_time = None  # no end of utterance to measure: nothing was spoken
         agent._synthesize_agent_reply()
         reply = agent._pending_agent_reply
-        agent._validate_reply_if_possible()
+        agent.confirm_now()
         return reply.id if reply is not None and agent._pending_agent_reply is None else None
 
     def playing_reply(self) -> Reply | None:

@@ -49,6 +49,7 @@ AGENT_METHODS = (
     "_link_participant",
     "_on_participant_connected",
     "_synthesize_agent_reply",
+    "_validate_reply_if_possible",
 )
 
 STATED_ELSEWHERE = {
@@ -177,9 +178,11 @@ async def test_the_pipeline_internals_the_adapter_uses_are_there() -> None:
             assert isinstance(agent._track_published_fut, asyncio.Future)
             assert not agent._track_published_fut.done()
             assert hasattr(agent._deferred_validation, "aclose")
-            # the transcript the next end-of-turn decision looks at (reset when it validates)
-            assert agent._deferred_validation._last_final_transcript == ""
             assert list(inspect.signature(agent._synthesize_agent_reply).parameters) == []
+            # the end-of-turn decision calls back the agent's own (overridable) method
+            validate = agent._validate_reply_if_possible
+            assert list(inspect.signature(validate).parameters) == []
+            assert agent._deferred_validation._validate_fnc == validate
             for name in AGENT_METHODS:
                 assert callable(getattr(agent, name)), name
             assert list(inspect.signature(agent._update_state).parameters) == ["state", "delay"]
@@ -222,7 +225,11 @@ async def test_the_pipeline_internals_the_adapter_uses_are_there() -> None:
             await tts_stream.aclose()
             segmented = StreamAdapter(stt=speech_to_text, vad=vad)
             assert segmented._vad is vad
-            assert segmented._stt is speech_to_text
+            # the STT a StreamAdapterWrapper wraps is asked only to recognize (VADSegmentedSTT
+            # hands it a counter of recognitions instead of the STT itself)
+            wrapper_run = inspect.getsource(StreamAdapterWrapper._run)
+            assert wrapper_run.count("self._wrapped_stt.") == 1
+            assert "self._wrapped_stt.recognize(" in wrapper_run
             assert "_vad_stream" in inspect.getsource(StreamAdapterWrapper.__init__)
 
             # the fallback adapter's per-LLM status with its probe task

@@ -161,6 +161,24 @@ def test_interrupted_before_audio(tracker: TurnTracker, emitted: list[dict[str, 
     assert tracker.counts.interrupted == 1
 
 
+def test_withdrawn_reply_says_so_and_the_next_one_keeps_its_e2e(
+    tracker: TurnTracker, emitted: list[dict[str, Any]]
+) -> None:
+    """A reply taken back before its first sound (the user spoke again), then the reply to the
+    merged turn, confirmed at the next end of speech."""
+    tracker.user_stopped_speaking(1.0)
+    tracker.metrics(eou("SH_w"))
+    tracker.reply_finished("SH_w", interrupted=False, withdrawn=True, llm_failed=False)
+    tracker.user_stopped_speaking(5.0)
+    tracker.metrics(eou("SH_m"))
+    tracker.first_audio("SH_m", 6.5)
+    tracker.reply_finished("SH_m", interrupted=False)
+    assert [(t["outcome"], t["interrupted"], t["e2e_latency"]) for t in emitted] == [
+        ("withdrawn", False, None),
+        ("answered", False, 1.5),
+    ]
+
+
 def test_once_per_reply_and_late_metrics_ignored(
     tracker: TurnTracker, emitted: list[dict[str, Any]]
 ) -> None:

@@ -105,6 +105,7 @@ class MetricsObserver:
             tool_rounds=reply.tool_rounds,
             llm_failed=reply.llm_failed,
             apologised=reply.apologised,
+            withdrawn=reply.withdrawn,
         )
 
 

@@ -20,7 +20,8 @@ When is the agent done answering? The room shows it: the agent sets ``lk.agent.s
 (thinking/speaking/listening) and publishes the user's final transcripts. After the input
 has played, ``settle`` seconds are left for the pipeline to notice the end of speech and
 transcribe it; then the run waits until the agent is not thinking or speaking, its last
-state change came after the user's last final transcript (so no reply is pending), and the
+state change came after the user's last final transcript, the conversation has no reply
+requested or playing and no transcript of the user's last words still to come, and the
 last reply's ``turn`` summary is out (or idle held ``grace`` seconds), at most
 ``reply_timeout`` seconds from the end of the input.
 """
@@ -35,7 +36,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -667,6 +668,7 @@ async def _converse(
             _wait_answered(
                 room,
                 settings.metrics_topic,
+                answering=parts.conversation.awaiting_reply,
                 settle=options.settle,
                 grace=options.grace,
                 timeout=options.reply_timeout,
@@ -745,15 +747,17 @@ async def _wait_answered(
     grace: float,
     timeout: float,
     expect_speech: bool = False,
+    answering: Callable[[], bool] | None = None,
 ) -> bool:
     """True once the agent is done answering (module docstring), False after ``timeout``.
 
-    Done = idle (not thinking or speaking, no user transcript waiting for a reply) and either
-    the ``turn`` summary of the last reply is out, or idle has held for ``grace`` seconds (a
-    reply without summary, e.g. a greeting: the pipeline commits a reply up to 0.2 s after
-    its playout ends, and the summary follows the commit). With ``expect_speech`` (the input
-    was not silence), not idle before the user's first final transcript: a cold or busy
-    Whisper can take longer than ``settle`` to transcribe.
+    Done = idle (not thinking or speaking, no user transcript waiting for a reply, and
+    ``answering()``, if given, false: nothing requested or playing, no transcript of the user's
+    last words still to come) and either the ``turn`` summary of the last reply is out, or idle
+    has held for ``grace`` seconds (a reply without summary, e.g. a greeting: the pipeline
+    commits a reply up to 0.2 s after its playout ends, and the summary follows the commit).
+    With ``expect_speech`` (the input was not silence), not idle before the user's first final
+    transcript: a cold or busy Whisper can take longer than ``settle`` to transcribe.
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
@@ -765,6 +769,8 @@ async def _wait_answered(
         return [(u.at, u.changed[key]) for u in outbox.attribute_updates if key in u.changed]
 
     def idle() -> bool:
+        if answering is not None and answering():
+            return False
         state_at, state = (states() or [(-math.inf, "initializing")])[-1]
         if state in ("thinking", "speaking"):
             return False
@@ -784,10 +790,15 @@ async def _wait_answered(
         )
 
     while (remaining := deadline - loop.time()) > 0:
+        if not idle():
+            # ``answering()`` may turn false with no change in the room (a transcript that never
+            # comes): look again now and then
+            with contextlib.suppress(TimeoutError):
+                await outbox.wait_for(idle, timeout=min(remaining, grace))
+            continue
+        if reported():
+            return True
         try:
-            await outbox.wait_for(idle, timeout=remaining)
-            if reported():
-                return True
             await outbox.wait_for(
                 lambda: not idle() or reported(), timeout=min(grace, deadline - loop.time())
             )

@@ -36,6 +36,8 @@ TTS segment, ``tts_ttfb_source: "framework"``; that one counts from the TTS stre
 so it includes the LLM's generation time.
 
 ``outcome`` says how the turn ended for the user: ``answered``, ``interrupted`` (barge-in),
+``withdrawn`` (confirmed, then taken back before its first sound because the user spoke again:
+the next reply answers the merged turn),
 ``apologised`` (the LLM failed for good before saying anything: the apology was spoken) or
 ``cut_short`` (the LLM failed after part of the answer was spoken). ``error`` names the
 providers that failed for good during the reply (``"llm"``, ``"tts"``: the rest of the reply
@@ -192,6 +194,7 @@ class TurnTracker:
         tool_rounds: int = 0,
         llm_failed: bool = False,
         apologised: bool = False,
+        withdrawn: bool = False,
     ) -> Payload | None:
         """The reply is over; emits (and returns) its ``turn`` payload, once per reply.
 
@@ -199,7 +202,8 @@ class TurnTracker:
         arriving for the reply after this call are ignored by the tracker. ``llm_failed``: the
         LLM failed for good during this reply; ``apologised``: before saying anything, so the
         apology was spoken instead. ``tool_time`` / ``tool_rounds``: the reply's tool rounds not
-        reported by :meth:`tool_round` (their total wall time and count).
+        reported by :meth:`tool_round` (their total wall time and count). ``withdrawn``: the
+        reply was taken back before it made a sound (the user spoke again).
         """
         reply: _Reply | None
         if sequence_id is None:
@@ -216,7 +220,9 @@ class TurnTracker:
         if llm_failed:
             reply.errors.add("llm")
         outcome = (
-            "interrupted"
+            "withdrawn"
+            if withdrawn
+            else "interrupted"
             if interrupted
             else "apologised"
             if apologised

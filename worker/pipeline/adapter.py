@@ -15,9 +15,15 @@ VoicePipelineAgent (pipeline/pipeline_agent.py)
   that name, with no hook; swapped for :class:`MicrophoneInput` during the call (and called
   again to relink a participant who rejoined, after taking ``_human_input`` away).
   ``_playing_speech``: the reply a commit event belongs to (no public tie between the two).
-  ``_pending_agent_reply``, ``_speech_q``, ``_transcribed_text``, ``_synthesize_agent_reply``,
-  ``_deferred_validation._last_final_transcript``: withdrawing a reply that has not made a
-  sound when the user speaks again, and asking again at once.
+  ``_pending_agent_reply``, ``_speech_q``, ``_transcribed_text``: withdrawing a reply that has
+  not made a sound when the user speaks again. ``_synthesize_agent_reply`` and
+  ``_validate_reply_if_possible`` (overridden): after a withdrawal, one request for the merged
+  turn, made on the next final transcript or, if none comes, at the end-of-turn decision.
+  ``_add_speech_for_playout`` (overridden): the moment a reply is confirmed, so the policy can
+  report every reply when it ends, including one that never made a sound.
+  ``_last_final_transcript_time``, ``_deferred_validation._run``: holding the end-of-turn
+  decision until the transcript of the user's last words is in (a reply requested on an
+  earlier transcript would answer stale words), re-running it after the policy's wait.
   ``_validate_reply_if_possible``, ``_last_speech_time`` (with ``_transcribed_text`` and
   ``_synthesize_agent_reply``): a typed chat message answered as a user turn (0.12 has no
   public entry for text the user did not speak); no end-of-utterance metric for it.
@@ -39,8 +45,9 @@ STT / TTS streams
   ``RecognizeStream._FlushSentinel``, ``SynthesizeStream._FlushSentinel``: the flush marker in
   a stream's input channel (wrappers forward it). ``_conn_options`` (TTS and SynthesizeStream):
   turning off the framework's retry of an inner TTS stream, which would lose its text.
-  ``StreamAdapter._vad`` / ``_stt``, ``StreamAdapterWrapper._vad_stream``: closing the VAD
-  stream the framework's STT StreamAdapter opens and leaves running.
+  ``StreamAdapter._vad``, ``StreamAdapterWrapper._vad_stream``: closing the VAD stream the
+  framework's STT StreamAdapter opens and leaves running; the stream it builds is given an STT
+  that counts its ``recognize`` calls (all it calls), to tell when a transcript is on its way.
 LLM
   ``FallbackAdapter._status[i].recovering_task``: the background probes of a failed LLM.
 Worker
@@ -68,8 +75,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import time
 from collections.abc import AsyncIterable, Awaitable, Callable
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, cast
 
 from aiohttp import web
 from livekit import rtc
@@ -102,7 +110,9 @@ PRIVATE_MEMBERS: frozenset[str] = frozenset(
         "_validate_reply_if_possible",
         "_last_speech_time",
         "_deferred_validation",
-        "_last_final_transcript",
+        "_add_speech_for_playout",
+        "_last_final_transcript_time",
+        "_run",
         "_nested_speech_done_fut",
         "_update_state",
         "_track_published_fut",
@@ -124,7 +134,6 @@ PRIVATE_MEMBERS: frozenset[str] = frozenset(
         "_FlushSentinel",
         "_conn_options",
         "_vad",
-        "_stt",
         "_vad_stream",
         "_status",
         "_DefaultLoadCalc",
@@ -144,6 +153,8 @@ PRIVATE_MEMBERS: frozenset[str] = frozenset(
 
 NEVER = 1_000_000
 """An ``interrupt_min_words`` no transcript reaches."""
+REPLY_POLL_INTERVAL = 0.05
+"""Seconds between looks at a reply that may have been dropped silent (see ``wait_ended``)."""
 
 PipelineEvent = Literal[
     "user_started_speaking",
@@ -175,6 +186,12 @@ class PipelineHooks(Protocol):
         """A reply's (or a ``say()``'s) text starts towards TTS."""
         ...
 
+    def transcript_wait(self, last_transcript_at: float | None) -> float:
+        """The end-of-turn rule would confirm the reply now: seconds to hold that decision
+        for the transcript of the user's last words (0: decide now). ``last_transcript_at`` is
+        when the last final transcript arrived (perf_counter)."""
+        ...
+
 
 # --- VoicePipelineAgent ---------------------------------------------------------------------
 
@@ -199,7 +216,18 @@ class MicrophoneInput(HumanInput):
 
 
 class _Agent(VoicePipelineAgent):
-    """VoicePipelineAgent hearing the participant through ``MicrophoneInput``."""
+    """VoicePipelineAgent hearing the participant through ``MicrophoneInput``, and asking the LLM
+    once per user turn when a reply is withdrawn (:meth:`VoicePipeline.withdraw_unplayed_replies`).
+    """
+
+    on_queued: Callable[[SpeechHandle], None] | None = None
+    """Called with each speech queued for playout (a confirmed reply, a ``say()``)."""
+    transcript_wait: Callable[[float | None], float] | None = None
+    """The policy's hold on the end-of-turn decision (``PipelineHooks.transcript_wait``)."""
+    reply_owed = False
+    """A reply to the user's words was withdrawn and none replaces it yet: the next final
+    transcript asks again (with the merged words); if none comes, the end-of-turn decision
+    does."""
 
     def _link_participant(self, identity: str) -> None:
         # 0.12 builds its HumanInput by the name in its module, with no hook: swap the name for
@@ -209,6 +237,33 @@ class _Agent(VoicePipelineAgent):
             super()._link_participant(identity)
         finally:
             pipeline_agent.HumanInput = HumanInput  # type: ignore[misc]
+
+    def _synthesize_agent_reply(self) -> None:
+        self.reply_owed = False  # the new request carries every word not answered yet
+        super()._synthesize_agent_reply()
+
+    def _add_speech_for_playout(self, speech_handle: SpeechHandle) -> None:
+        super()._add_speech_for_playout(speech_handle)
+        if self.on_queued is not None:
+            self.on_queued(speech_handle)
+
+    def confirm_now(self) -> None:
+        """The end-of-turn decision without the wait for a transcript (typed text needs none)."""
+        super()._validate_reply_if_possible()
+
+    def _validate_reply_if_possible(self) -> None:
+        wait = self.transcript_wait(self._last_final_transcript_time) if self.transcript_wait else 0
+        if wait > 0:
+            # decide again when a final transcript arrives (0.12 then re-runs the decision) or
+            # after ``wait``; the user speaking again cancels it, as any pending decision. (This
+            # runs in the decision's own task, which ends right after: replacing it is safe.)
+            self._deferred_validation._run(wait)
+            return
+        # With preemptive synthesis 0.12 confirms only a reply requested on a final transcript;
+        # after a withdrawal with no transcript since (a cough), ask now, as 0.12 does without it.
+        if self.reply_owed and self._pending_agent_reply is None and self._transcribed_text.strip():
+            self._synthesize_agent_reply()
+        super()._validate_reply_if_possible()
 
 
 class VoicePipeline:
@@ -251,7 +306,7 @@ class VoicePipeline:
         if turn_detector is not None:
             min_endpointing_delay = turn_detector.options.min_delay
             max_endpointing_delay = turn_detector.options.long_wait
-        self._agent: VoicePipelineAgent = _Agent(
+        self._agent = _Agent(
             vad=vad,
             stt=stt,
             llm=llm,
@@ -283,9 +338,16 @@ class VoicePipeline:
 
     def set_hooks(self, hooks: PipelineHooks) -> None:
         self._hooks = hooks
+        self._agent.transcript_wait = hooks.transcript_wait
 
     def on(self, event: PipelineEvent, callback: Callable[..., None]) -> None:
         self._agent.on(event, callback)
+
+    def on_reply_queued(self, callback: Callable[[Reply], None]) -> None:
+        """``callback(reply)`` once a reply is confirmed (or a ``say()`` queued) for playout:
+        from then on it ends by ``reply.join()``, whether it played, was interrupted or was
+        withdrawn before making a sound."""
+        self._agent.on_queued = callback
 
     def start(self, room: rtc.Room, identity: str) -> None:
         self._agent.start(room, identity)
@@ -350,7 +412,7 @@ class VoicePipeline:
         agent._last_speech_time = None  # no end of utterance to measure: nothing was spoken
         agent._synthesize_agent_reply()
         reply = agent._pending_agent_reply
-        agent._validate_reply_if_possible()
+        agent.confirm_now()
         return reply.id if reply is not None and agent._pending_agent_reply is None else None
 
     def playing_reply(self) -> Reply | None:
@@ -362,6 +424,32 @@ class VoicePipeline:
         agent = self._agent
         return agent._pending_agent_reply is not None and agent._playing_speech is None
 
+    def idle(self, *, ending: Reply | None = None) -> bool:
+        """No reply requested, confirmed or playing (``ending``: one that is over but still
+        on 0.12's queue for a moment)."""
+        agent = self._agent
+        return agent._pending_agent_reply is None and all(s is ending for s in agent._speech_q)
+
+    def transcribing(self) -> bool:
+        """The STT is working on a transcript it has not delivered yet (known for an STT that
+        transcribes whole utterances, :class:`VADSegmentedSTT`; False for a streaming one)."""
+        speech_to_text = self._agent.stt
+        return isinstance(speech_to_text, VADSegmentedSTT) and speech_to_text.transcribing
+
+    def transcribed_since(self, at: float) -> bool:
+        """An STT that transcribes whole utterances finished one after ``at`` (perf_counter),
+        and has nothing under way: whatever it heard since then has been delivered (an empty
+        transcript is not delivered at all)."""
+        speech_to_text = self._agent.stt
+        if not isinstance(speech_to_text, VADSegmentedSTT) or speech_to_text.transcribing:
+            return False
+        done = speech_to_text.last_recognition_at
+        return done is not None and done > at
+
+    def last_transcript_at(self) -> float | None:
+        """When the user's last final transcript arrived (perf_counter), if any did."""
+        return self._agent._last_final_transcript_time
+
     def set_state(self, state: AgentState) -> None:
         """Publish ``lk.agent.state`` the way the agent does (its update task, replacing any
         pending update; skipped while the room is disconnected)."""
@@ -371,17 +459,18 @@ class VoicePipeline:
         """Until the agent's audio track is published (what its own say() waits for)."""
         await asyncio.shield(self._agent._track_published_fut)
 
-    def withdraw_unplayed_replies(self, *, may_withdraw: Callable[[Reply], bool]) -> list[str]:
+    def withdraw_unplayed_replies(self, *, may_withdraw: Callable[[Reply], bool]) -> list[Reply]:
         """Take back the replies confirmed for playout that have not made a sound yet (call it
         only while the agent is silent), because the user spoke again: a pause the VAD took for
-        the end of the turn. Returns their ids.
+        the end of the turn. Returns them (interrupted: their LLM request and synthesis stop).
 
         0.12 would play them and leave the user to barge in (0.5 s of speech later, the reply
         already audible). Nothing of theirs was committed (0.12 commits the user's question once
-        a reply played), so the user's words so far stay in the transcript and the reply is
-        requested again from them at once: the next final transcript replaces it with a fuller
-        one, and if none comes (a cough), the next end of speech confirms it after the usual
-        endpointing delay rather than 0.12's 5 s wait for a transcript."""
+        a reply played), so the user's words so far stay in the transcript, and the next
+        request carries them with the new ones: it is made on the next final transcript (one
+        request for the merged turn, never one more with the stale words while the user still
+        speaks). If no transcript comes (a cough), the end-of-turn decision asks for the words
+        there are, after 0.12's wait for a transcript."""
         agent = self._agent
         withdrawn = [
             speech
@@ -391,16 +480,22 @@ class VoicePipeline:
             and not speech.interrupted
             and may_withdraw(speech)
         ]
-        if not withdrawn:
-            return []
         for speech in withdrawn:
             speech.interrupt()
-        if agent._pending_agent_reply is None and agent._transcribed_text.strip():
-            agent._synthesize_agent_reply()
-            # the transcript the withdrawn reply was confirmed on counts again for the next
-            # decision
-            agent._deferred_validation._last_final_transcript = withdrawn[-1].user_question
-        return [speech.id for speech in withdrawn]
+        if withdrawn and agent._pending_agent_reply is None and agent._transcribed_text.strip():
+            agent.reply_owed = True
+        return withdrawn
+
+    async def wait_ended(self, reply: Reply) -> None:
+        """Until the pipeline is done with a reply confirmed for playout: played out,
+        interrupted, or dropped silent (0.12 never marks done a reply interrupted before its
+        playout began; it only takes it off its queue, with no event to wait for)."""
+        agent = self._agent
+        done = reply.join()
+        while not done.done():
+            if reply.interrupted and reply not in agent._speech_q:
+                return
+            await asyncio.wait([done], timeout=REPLY_POLL_INTERVAL)
 
     def relink(self, identity: str) -> asyncio.Task[None] | None:
         """Listen to a participant that rejoined (0.12's agent links one participant at start).
@@ -536,7 +631,26 @@ def without_retries(stream: tts.SynthesizeStream) -> tts.SynthesizeStream:
 
 class VADSegmentedSTT(stt.StreamAdapter):
     """The framework's StreamAdapter (a batch STT made streaming by VAD segments), whose
-    streams close the VAD stream they open (0.12.21 leaves it running: two tasks a session)."""
+    streams close the VAD stream they open (0.12.21 leaves it running: two tasks a session),
+    and which says when a transcript is on its way (:attr:`transcribing`)."""
+
+    def __init__(self, *, stt: stt.STT, vad: vad.VAD) -> None:
+        super().__init__(stt=stt, vad=vad)
+        self.recognitions = _Recognitions(stt)
+
+    @property
+    def transcribing(self) -> bool:
+        """A segment is being recognised, or its transcript was just handed on (it reaches the
+        pipeline a loop turn or two later). The transcript of an utterance comes only after it
+        ended, and takes time in proportion to it."""
+        done = self.recognitions.finished_at
+        recent = done is not None and time.perf_counter() - done < DELIVERY_SLACK
+        return self.recognitions.running > 0 or recent
+
+    @property
+    def last_recognition_at(self) -> float | None:
+        """When the last recognition ended (perf_counter)."""
+        return self.recognitions.finished_at
 
     def stream(
         self,
@@ -544,9 +658,33 @@ class VADSegmentedSTT(stt.StreamAdapter):
         language: str | None = None,
         conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS,
     ) -> stt.RecognizeStream:
+        # the stream only calls ``recognize`` on the STT it wraps: count those calls
+        wrapped = cast(stt.STT, self.recognitions)
         return _ClosingAdapterStream(
-            self, vad=self._vad, wrapped_stt=self._stt, language=language, conn_options=conn_options
+            self, vad=self._vad, wrapped_stt=wrapped, language=language, conn_options=conn_options
         )
+
+
+DELIVERY_SLACK = 0.2
+"""Seconds a finished recognition counts as still under way (its result is being delivered)."""
+
+
+class _Recognitions:
+    """A batch STT as StreamAdapterWrapper uses it (``recognize`` only), counting the calls
+    under way."""
+
+    def __init__(self, inner: stt.STT) -> None:
+        self.inner = inner
+        self.running = 0
+        self.finished_at: float | None = None
+
+    async def recognize(self, **kwargs: Any) -> stt.SpeechEvent:
+        self.running += 1
+        try:
+            return await self.inner.recognize(**kwargs)
+        finally:
+            self.running -= 1
+            self.finished_at = time.perf_counter()
 
 
 class _ClosingAdapterStream(StreamAdapterWrapper):

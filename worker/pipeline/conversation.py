@@ -8,8 +8,11 @@ endpointing, playout and interruptions) and fills the pipeline's gaps:
 - the context is one rolling, bounded ChatContext (``context.trim_chat_context``);
 - tool calls run concurrently inside the LLM stream (``worker.tools.runner``), and their
   messages are persisted next to the reply they belong to;
-- a reply confirmed for playout but still silent is withdrawn when the user speaks again;
-- every metrics event and a per-reply summary go to an observer (the session's metrics);
+- a reply confirmed for playout but still silent is withdrawn when the user speaks again, and
+  one request answers the merged turn; the end-of-turn decision waits for the transcript of
+  the user's last words (a reply requested on earlier words would answer stale ones);
+- every metrics event and a per-reply summary go to an observer (the session's metrics), the
+  summary as soon as the reply ends (played, interrupted, withdrawn or silent);
 - ``aclose()`` really closes the pipeline's tasks and streams.
 
 The reply is requested on the final transcript, before the VAD's silence window ends, and
@@ -43,6 +46,16 @@ from worker.tools.runner import (
 )
 
 logger = logging.getLogger("worker.pipeline.conversation")
+
+TRANSCRIPT_WAIT = 5.0
+"""Longest hold, from the end of the user's words, for their transcript before the end-of-turn
+decision goes ahead without it (0.12's FINAL_TRANSCRIPT_TIMEOUT), unless the STT says the
+transcript is on its way."""
+TRANSCRIPT_RECHECK = 0.25
+"""While the STT says a transcript is on its way, the decision is looked at again this often."""
+TRANSCRIPT_SLACK = 0.3
+"""A final transcript this much before the VAD's estimate of the end of speech still counts as
+covering it (the VAD's estimate trails the last voiced sound)."""
 
 
 @dataclass(frozen=True)
@@ -92,6 +105,8 @@ class FinishedReply:
     """... before saying anything: the reply is the apology."""
     tool_calls: tuple[ToolCallTiming, ...] = ()
     """The reply's tool calls, each with its start and end."""
+    withdrawn: bool = False
+    """Taken back before it made a sound (the user spoke again): nothing of it was heard."""
 
 
 @dataclass
@@ -145,14 +160,17 @@ class Conversation:
         self._ready_task: asyncio.Task[None] | None = None
         self._closed = False
         self._owned: set[asyncio.Task[None]] = set()
-        self._accounting: set[asyncio.Task[None]] = set()  # one per reply that started playing
+        self._accounting: dict[str, asyncio.Task[None]] = {}  # per reply confirmed or playing
         self._reported: set[str] = set()  # ids of replies reported finished
+        self._audible: set[str] = set()  # ids of replies that made a sound
         self._last_user_text: str | None = None
         self._agent_audible = False  # between agent_started_speaking and agent_stopped_speaking
+        self._speech_ended_at: float | None = None  # the user's last words ended (perf_counter)
         self.chat_ctx = chat_ctx
         self.pipeline = pipeline
         vad.listen(self._on_vad_event)
         pipeline.set_hooks(self)
+        pipeline.on_reply_queued(self._account_for)
         self._wire_pipeline()
 
     # --- public ------------------------------------------------------------------------------
@@ -210,7 +228,7 @@ class Conversation:
         if self._ready_task is not None:
             await utils.aio.gracefully_cancel(self._ready_task)
         await asyncio.gather(*self._owned, return_exceptions=True)
-        await utils.aio.gracefully_cancel(*self._accounting)
+        await utils.aio.gracefully_cancel(*self._accounting.values())
         await self.pipeline.aclose()
         await self._video.aclose()
         await self._llm.aclose()
@@ -250,6 +268,32 @@ class Conversation:
             source, lambda: observer.on_first_text(sequence_id, time.perf_counter())
         )
 
+    def awaiting_reply(self) -> bool:
+        """The user's last words are not answered yet: a reply is requested, confirmed or
+        playing, or their transcript may still come (see :meth:`transcript_wait`)."""
+        if not self.pipeline.idle():
+            return True
+        return self.transcript_wait(self.pipeline.last_transcript_at()) > 0
+
+    def transcript_wait(self, last_transcript_at: float | None) -> float:
+        """Hold the end-of-turn decision while the user's last words have no transcript yet:
+        the reply at hand was requested on earlier words (an STT whose final comes after the
+        VAD's end of speech, as Whisper's does, or a final in a pause the VAD did not end the
+        turn at). Confirming it would play a stale answer, cut off by the next transcript's
+        reply. The hold lasts while the STT says the transcript is on its way; words with no
+        transcript at all (a cough) release it once the STT is done with them or, for an STT
+        that does not say, after ``TRANSCRIPT_WAIT``."""
+        ended = self._speech_ended_at
+        if ended is None:
+            return 0.0
+        if last_transcript_at is not None and last_transcript_at >= ended - TRANSCRIPT_SLACK:
+            return 0.0
+        if self.pipeline.transcribed_since(ended):
+            return 0.0
+        if self.pipeline.transcribing():
+            return TRANSCRIPT_RECHECK
+        return max(0.0, ended + TRANSCRIPT_WAIT - time.perf_counter())
+
     def _wire_pipeline(self) -> None:
         agent = self.pipeline
         agent.on("user_speech_committed", self._on_user_committed)
@@ -271,10 +315,12 @@ class Conversation:
             if withdrawn:
                 logger.info(
                     "user spoke again before the reply's first sound: reply withdrawn",
-                    extra={"speech_ids": withdrawn},
+                    extra={"speech_ids": [reply.id for reply in withdrawn]},
                 )
-        if ev.type == vad.VADEventType.END_OF_SPEECH and self._observer is not None:
-            self._observer.on_user_stopped_speaking(time.perf_counter() - ev.silence_duration)
+        if ev.type == vad.VADEventType.END_OF_SPEECH:
+            self._speech_ended_at = time.perf_counter() - ev.silence_duration
+            if self._observer is not None:
+                self._observer.on_user_stopped_speaking(self._speech_ended_at)
         if ev.type != vad.VADEventType.END_OF_SPEECH and self._audio.in_utterance:
             self._video.refresh()  # rate-limited: keeps a ready image while the user speaks
 
@@ -321,6 +367,7 @@ class Conversation:
         user_text: str | None,
         agent_text: str,
         committed: llm.ChatMessage | None,
+        withdrawn: bool = False,
     ) -> None:
         if speech is not None:
             self._reported.add(speech.id)
@@ -348,9 +395,10 @@ class Conversation:
                     tool_rounds=tool_rounds,
                     user_text=user_text,
                     agent_text=agent_text,
-                    llm_failed=llm_failed,
-                    apologised=apologised,
+                    llm_failed=llm_failed and not withdrawn,
+                    apologised=apologised and not withdrawn,
                     tool_calls=tool_calls,
+                    withdrawn=withdrawn,
                 )
             )
 
@@ -361,29 +409,41 @@ class Conversation:
             self._observer.on_first_audio(
                 speech.id if speech is not None else None, time.perf_counter()
             )
-        if speech is not None and speech.id not in self._reported:
-            task = asyncio.create_task(self._account_for(speech), name="conversation.account")
-            self._accounting.add(task)
-            task.add_done_callback(self._accounting.discard)
+        if speech is not None:
+            self._audible.add(speech.id)
+            self._account_for(speech)  # a say() nested into a reply was never queued
 
-    async def _account_for(self, speech: Reply) -> None:
-        """Report a reply that played but was never committed. 0.12 commits nothing for a
-        reply interrupted in its first 1.5 s of playout (MIN_TIME_PLAYED_FOR_COMMIT: the
-        user's question then merges into their next turn), so no event says it ended; the user
-        heard part of it all the same, and the metrics must count it (as interrupted)."""
-        await asyncio.shield(speech.join())
-        if speech.id in self._reported:
-            self._reported.discard(speech.id)  # reported by its commit: forget it
-            return
-        played = played_text(speech)
-        self._report_reply(
-            speech,
-            interrupted=speech.interrupted,
-            user_text=speech.user_question or None,
-            agent_text=played,
-            committed=None,
-        )
-        self._reported.discard(speech.id)
+    def _account_for(self, speech: Reply) -> None:
+        """Report the reply when it ends, unless its commit event does (once per reply)."""
+        if speech.id not in self._reported and speech.id not in self._accounting:
+            task = asyncio.create_task(self._report_when_ended(speech), name="conversation.turn")
+            self._accounting[speech.id] = task
+            task.add_done_callback(lambda _: self._accounting.pop(speech.id, None))
+
+    async def _report_when_ended(self, speech: Reply) -> None:
+        """Report a reply that ended without a commit event: 0.12 commits nothing for a reply
+        interrupted in its first 1.5 s of playout (MIN_TIME_PLAYED_FOR_COMMIT: the user's
+        question then merges into their next turn), for one withdrawn before its first sound,
+        or for one with no text to say. The user heard part of the first all the same, and
+        the metrics must count each (interrupted, withdrawn, or as it ended)."""
+        try:
+            await self.pipeline.wait_ended(speech)
+            if speech.id in self._reported:
+                return  # reported by its commit
+            audible = speech.id in self._audible
+            self._report_reply(
+                speech,
+                interrupted=speech.interrupted and audible,
+                user_text=speech.user_question or None,
+                agent_text=played_text(speech),
+                committed=None,
+                withdrawn=speech.interrupted and not audible,
+            )
+            if not audible and not self._agent_audible and self.pipeline.idle(ending=speech):
+                self.pipeline.set_state("listening")  # 0.12 says so only after a playout
+        finally:
+            self._reported.discard(speech.id)
+            self._audible.discard(speech.id)
 
     def _on_agent_stopped_speaking(self, *_: Any) -> None:
         self._agent_audible = False

@@ -98,7 +98,8 @@ class ToolRunningLLMOptions:
     max_result_chars: int = 4000
     """Longer tool results are cut before they go back to the model."""
     apology: str = "Sorry, I couldn't come up with an answer just now. Could you say that again?"
-    """Spoken when the LLM fails for good before saying anything (empty: say nothing)."""
+    """Spoken when the LLM fails for good before saying anything, or answers with no text
+    (empty: say nothing)."""
     llm_conn_options: APIConnectOptions | None = None
     """Timeout and retries of each LLM request (None: what the caller passes, the framework's
     default of 10 s and 3 retries). ``timeout`` also bounds a stream that stalls: the gap
@@ -217,6 +218,7 @@ class ToolRoundsStream(llm.LLMStream):
         self._running: list[_RunningCall] = []
         self._calls = 0  # tool calls the model asked for in this reply
         self._last_char = ""  # of the text sent so far, to join the rounds' texts
+        self._said = False  # some text that is not blank was sent
         self.tool_messages: list[llm.ChatMessage] = []
         """Assistant tool-call messages and tool results of this reply, in order."""
         self.tool_time = 0.0
@@ -249,18 +251,27 @@ class ToolRoundsStream(llm.LLMStream):
             # apologise so the user isn't left in silence; after, stop where we are
             # (repeating the start of the answer would be worse).
             self.error = type(e).__name__
-            spoken = bool(self._last_char)
             logger.warning(
                 "%s; %s",
                 describe_failure("LLM", e, label=self._runner.inner.label),
-                "reply cut short" if spoken else "apologising",
+                "reply cut short" if self._said else "apologising",
                 exc_info=not isinstance(e, APIError),
                 extra={"error": str(e), "rounds": self.rounds},
             )
-            apology = self._runner.options.apology
-            if not spoken and apology:
-                self.apologised = True
-                self._send_text(llm.ChatChunk(request_id="apology"), apology, first_of_round=False)
+            self._apologise()
+            return
+        if not self._said:
+            # An empty or blank answer (or tool calls only, none run to an answer) is a failed
+            # reply: with nothing to say the pipeline would leave the user waiting in silence.
+            self.error = "EmptyReply"
+            logger.warning("LLM answered with no text; apologising", extra={"rounds": self.rounds})
+            self._apologise()
+
+    def _apologise(self) -> None:
+        apology = self._runner.options.apology
+        if not self._said and apology:
+            self.apologised = True
+            self._send_text(llm.ChatChunk(request_id="apology"), apology, first_of_round=False)
 
     async def _rounds(self) -> None:
         opts = self._runner.options
@@ -329,6 +340,7 @@ class ToolRoundsStream(llm.LLMStream):
             content = " " + content
         if content:
             self._last_char = content[-1]
+            self._said = self._said or not content.isspace()
         self._event_ch.send_nowait(
             llm.ChatChunk(
                 request_id=chunk.request_id,

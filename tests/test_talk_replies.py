@@ -93,5 +93,9 @@ async def test_a_question_followed_by_more_speech_is_answered_as_a_whole(workdir
     assert not last.client_disconnected  # talk did not stop while the answer streamed
     agent = [line.text for line in result.transcript if line.speaker == "agent"]
     assert agent == [ANSWER]  # the stale answer to the question alone never played
-    assert [t["outcome"] for t in result.turns] == ["answered"]
-    assert isinstance(result.turns[0]["e2e_latency"], float)
+    # a reply confirmed on the question alone (at the VAD's end of speech) may have been
+    # withdrawn silently when the user went on: reported as such, never as an answer
+    *before, final = [t["outcome"] for t in result.turns]
+    assert final == "answered"
+    assert set(before) <= {"withdrawn"}
+    assert isinstance(result.turns[-1]["e2e_latency"], float)

@@ -92,7 +92,7 @@ async def test_dispatch_with_flags_only_and_its_secret_redacted(
     assert [d.request.room for d in server.dispatches] == ["R"]
     assert server.dispatches[0].claims["iss"] == server.api_key
 
-    wrong = secrets.token_urlsafe(36)
+    wrong = "-" + secrets.token_urlsafe(36)  # generated secrets may start with "-"
     flags[-1] = wrong
     result = await run_cli(["dispatch", "--room", "R", *flags], {"AGENT_NAME": "a"}, tmp_path)
     assert_usage_error(result, "dispatch failed")

@@ -70,12 +70,23 @@ def take_livekit_flags(command: str, argv: list[str]) -> list[str]:
         prog=f"python -m worker {command}", add_help=False, allow_abbrev=False
     )
     add_livekit_flags(parser)
-    given, rest = parser.parse_known_args(argv)
+    given, rest = parser.parse_known_args(_attached(argv))
     for flag, (variable, _) in LIVEKIT_FLAGS.items():
         value = getattr(given, flag.lstrip("-").replace("-", "_"))
         if value is not None:
             os.environ[variable] = value
     return rest
+
+
+def _attached(argv: list[str]) -> list[str]:
+    """``--api-secret VALUE`` -> ``--api-secret=VALUE``: a generated secret may start with
+    ``-``, which argparse would otherwise take for an option."""
+    out: list[str] = []
+    args = iter(argv)
+    for arg in args:
+        value = next(args, None) if arg in LIVEKIT_FLAGS else None
+        out.append(f"{arg}={value}" if value is not None else arg)
+    return out
 
 
 def _settings(needs: Sequence[Need], problems: Sequence[str] = ()) -> Settings:

@@ -35,7 +35,7 @@ from livekit.rtc._ffi_client import FfiClient
 from tests.loopback.deepgram_server import DeepgramLoopback, ListenOptions, SpeakOptions
 from tests.loopback.openai_server import OpenAIServer, Responder
 from tests.speech import speak
-from worker.config import load_settings
+from worker.config import Settings, load_settings
 from worker.local_room import LocalRoom, Microphone, RemoteParticipant, VideoFeed, as_rtc_room
 from worker.pipeline.conversation import Conversation, ConversationOptions
 from worker.providers.selection import load_vad
@@ -136,6 +136,24 @@ class _Waiters:
                 await asyncio.wait_for(fut, deadline - loop.time())
             except TimeoutError:
                 continue
+
+
+def loopback_settings(
+    oai: OpenAIServer, dg: DeepgramLoopback, env: dict[str, str] | None = None
+) -> Settings:
+    """Settings pointing every provider at the loopback servers (plus ``env``)."""
+    return load_settings(
+        {
+            "DEEPGRAM_API_KEY": "dg-test",
+            "OPENAI_API_KEY": "sk-test",
+            "OPENAI_BASE_URL": oai.base_url,
+            "DEEPGRAM_STT_URL": dg.stt_url,
+            "DEEPGRAM_TTS_URL": dg.tts_url,
+            "LLM_MODEL": AUDIO_MODEL,
+            **(env or {}),
+        },
+        dotenv=None,
+    )
 
 
 @dataclass
@@ -262,18 +280,7 @@ async def build_harness(
     await oai.start()
     dg = DeepgramLoopback(listen=listen, speak=speak)
     await dg.start()
-    settings = load_settings(
-        {
-            "DEEPGRAM_API_KEY": "dg-test",
-            "OPENAI_API_KEY": "sk-test",
-            "OPENAI_BASE_URL": oai.base_url,
-            "DEEPGRAM_STT_URL": dg.stt_url,
-            "DEEPGRAM_TTS_URL": dg.tts_url,
-            "LLM_MODEL": AUDIO_MODEL,
-            **(env or {}),
-        },
-        dotenv=None,
-    )
+    settings = loopback_settings(oai, dg, env)
     room = LocalRoom()
     user = room.add_participant("user")
     mic = user.publish_microphone()

@@ -20,12 +20,11 @@ import pytest
 from livekit.agents import JobContext, JobProcess
 from livekit.agents.job import JobAcceptArguments, RunningJobInfo
 
-from tests.conftest import AUDIO_MODEL, CAMERA_SIZE, SAMPLE_RATE, camera_frame
+from tests.conftest import CAMERA_SIZE, SAMPLE_RATE, camera_frame, loopback_settings
 from tests.loopback.deepgram_server import DeepgramLoopback
 from tests.loopback.livekit_server import make_job
 from tests.loopback.openai_server import OpenAIServer, Reply
 from tests.speech import speak
-from worker.config import load_settings
 from worker.job import run_session
 from worker.local_room import LocalRoom, as_rtc_room
 from worker.providers.selection import load_vad
@@ -64,18 +63,7 @@ async def running_job(
     await oai.start()
     dg = DeepgramLoopback()
     await dg.start()
-    settings = load_settings(
-        {
-            "DEEPGRAM_API_KEY": "dg-test",
-            "OPENAI_API_KEY": "sk-test",
-            "OPENAI_BASE_URL": oai.base_url,
-            "DEEPGRAM_STT_URL": dg.stt_url,
-            "DEEPGRAM_TTS_URL": dg.tts_url,
-            "LLM_MODEL": AUDIO_MODEL,
-            **(env or {}),
-        },
-        dotenv=None,
-    )
+    settings = loopback_settings(oai, dg, env)
     room = LocalRoom()
     for identity in before:
         room.add_participant(identity)

@@ -22,11 +22,10 @@ from livekit.agents.utils import http_context
 from livekit.protocol import agent as proto_agent
 from livekit.protocol import models as proto_models
 
-from tests.conftest import AUDIO_MODEL, SAMPLE_RATE
+from tests.conftest import SAMPLE_RATE, loopback_settings
 from tests.loopback.deepgram_server import DeepgramLoopback
 from tests.loopback.openai_server import OpenAIServer, Reply
 from tests.speech import speak
-from worker.config import load_settings
 from worker.job import run_session
 from worker.local_room import LocalRoom, as_rtc_room
 from worker.local_room.room import LocalRoomOptions
@@ -53,17 +52,7 @@ async def test_a_call_ended_by_the_drain_timeout_closes_its_session_and_flushes_
     dg = DeepgramLoopback()
     await dg.start()
     room = LocalRoom(options=LocalRoomOptions(connected=False))
-    settings = load_settings(
-        {
-            "DEEPGRAM_API_KEY": "dg-test",
-            "OPENAI_API_KEY": "sk-test",
-            "OPENAI_BASE_URL": oai.base_url,
-            "DEEPGRAM_STT_URL": dg.stt_url,
-            "DEEPGRAM_TTS_URL": dg.tts_url,
-            "LLM_MODEL": AUDIO_MODEL,
-        },
-        dotenv=None,
-    )
+    settings = loopback_settings(oai, dg)
     info = RunningJobInfo(
         accept_arguments=JobAcceptArguments(name="agent", identity="agent", metadata=""),
         job=proto_agent.Job(id="AJ_drain", room=proto_models.Room(name=room.name)),

@@ -18,6 +18,7 @@ import gc
 import json
 import logging
 import secrets
+import signal
 import time
 import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -76,7 +77,16 @@ class Utterance:
     """From the first to the last voiced 10 ms window of the clip."""
     started_at: float
     ended_at: float
-    """time.perf_counter() once the last sample was queued (the microphone queues <= 0.1 s)."""
+    """time.perf_counter() once the last sample was played out."""
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Ctrl-C as from a terminal, for the tests and every process they start. A non-interactive
+    shell starts its background jobs with SIGINT ignored, and an ignored signal is inherited
+    across exec: a test sending SIGINT to ``web`` or ``talk`` would be sending it to a process
+    told to ignore it (as ``nohup`` or ``&`` means), and wait for an exit that never comes."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def voiced_span(samples: np.ndarray, rate: int, threshold: float = 0.01) -> float:
@@ -195,12 +205,14 @@ class Harness:
             await asyncio.gather(task, return_exceptions=True)
 
     async def utter(self, text: str, *, transcript: str | None = None) -> Utterance:
-        """Speak ``text`` into the microphone in real time; the loopback STT will "recognise"
-        it as ``transcript`` (default: ``text``). Silence follows by itself (an idle source)."""
+        """Speak ``text`` into the microphone in real time and return once it has been spoken;
+        the loopback STT will "recognise" it as ``transcript`` (default: ``text``). Silence
+        follows by itself (an idle source)."""
         self.dg.transcripts.append(transcript if transcript is not None else text)
         samples = speak(text, SAMPLE_RATE)
-        started = time.perf_counter()
+        started = time.perf_counter() + self.mic.source.queued_duration
         await self.mic.push(samples, SAMPLE_RATE)
+        await self.mic.wait_for_playout()
         return Utterance(
             text=text,
             seconds=samples.size / SAMPLE_RATE,

@@ -529,10 +529,14 @@ class RemoteParticipant:
         name: str = "microphone",
         sample_rate: int = 48000,
         num_channels: int = 1,
-        queue_ms: int = 100,
+        queue_ms: int = 1000,
     ) -> Microphone:
         """Publish a microphone (fires track_published, then track_subscribed if the room
-        auto-subscribes, one loop turn later)."""
+        auto-subscribes, one loop turn later).
+
+        The source plays silence whenever its queue runs dry, so a driver starved of CPU for
+        longer than ``queue_ms`` would cut a pause into the user's speech that they never made;
+        the SDK's own default queue covers the stalls of a loaded machine."""
         source = rtc.AudioSource(sample_rate, num_channels, queue_size_ms=queue_ms)
         track = rtc.LocalAudioTrack.create_audio_track(name, source)
         publication = self._publish(track, rtc.TrackSource.SOURCE_MICROPHONE, source)

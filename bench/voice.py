@@ -566,7 +566,7 @@ def draw(result: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     colors = {"ours": "tab:blue", "stock": "tab:gray"}
-    fig, axes = plt.subplots(1, 3, figsize=(16, 5), gridspec_kw={"width_ratios": [1, 2, 1]})
+    fig, axes = plt.subplots(1, 3, figsize=(18, 5), gridspec_kw={"width_ratios": [1.2, 2, 1.5]})
     ax = axes[0]
     groups = [(k, ends) for ends in (True, False) for k in PIPELINES]
     data = [

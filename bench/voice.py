@@ -27,9 +27,10 @@ synthesising, request building and dispatch, playout handoff, event-loop delays.
 Two kinds of turn, spread evenly through the run (ours and stock alternate within each): the
 main ones, whose final transcript ends a sentence (``.``/``?``: the rows without a suffix,
 ``pipelines`` in the JSON), and the same utterances whose final has no sentence-ending
-punctuation, as Deepgram often sends for a short request (``pipelines_no_sentence_end``). The
-delay rule waits 3/4 of its delay after the first kind and all of it after the second, so the
-second is what a user who stopped without a recognisable sentence end waits.
+punctuation, as a streaming STT may send for a finished request
+(``pipelines_no_sentence_end``). The delay rule waits 3/4 of its delay after the first kind
+and all of it after the second, so the second is what a user who stopped without a
+recognisable sentence end waits.
 
 False cut-offs: utterances with mid-sentence pauses (each phrase gets its own final transcript
 without punctuation, as Deepgram does at a pause), in two ranges: 0.3-0.8 s (``PAUSES``) and

@@ -629,6 +629,17 @@ def turn_taking_env() -> dict[str, str]:
     return {name: os.environ[name] for name in TURN_TAKING_ENV if os.environ.get(name)}
 
 
+def ours_turn_taking() -> dict[str, Any]:
+    """The VAD, end-of-turn detector and delay ours runs with (the environment's or the
+    worker's defaults), for the reports: a run with ``TURN_DETECTOR=audio`` says so."""
+    settings = load_settings(turn_taking_env(), dotenv=None)
+    return {
+        "vad_provider": settings.vad_provider,
+        "turn_detector": settings.turn_detector,
+        "end_of_turn_delay_ms": settings.end_of_turn_delay_ms,
+    }
+
+
 @functools.lru_cache(maxsize=2)
 def shared_vad(kind: Pipeline) -> vad.VAD:
     """One VAD per pipeline per process (a job process loads it once, in prewarm)."""

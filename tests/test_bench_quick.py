@@ -97,13 +97,84 @@ def test_voice_measured_both_pipelines(report: dict[str, Any]) -> None:
             < stages["tts_audio"]["p50"]
             <= stages["first_audio"]["p50"]
         )
-        assert voice["cutoffs"][kind]["pauses"] > 0
+        for pause_range in voice["config"]["pause_ranges"]:
+            assert voice["cutoffs"][kind][pause_range]["pauses"] > 0
     ratio = voice["ratios_ours_over_stock"]["e2e_p50"]
     e2e = {kind: voice["pipelines"][kind]["e2e"]["p50"] for kind in PIPELINES}
     assert math.isclose(ratio, e2e["ours"] / e2e["stock"], rel_tol=0.01), (ratio, e2e)
     # ours requests at the final transcript and speaks the first sentence at once: its median
     # end-to-end latency is well under stock's
     assert ratio < 0.8, e2e
+
+
+SENTENCE_END = (".", "?", "!")
+
+
+@pytest.mark.timeout(300)
+def test_voice_turns_without_a_sentence_end(report: dict[str, Any]) -> None:
+    voice = report["parts"]["voice"]
+    config = voice["config"]
+    for kind in PIPELINES:
+        rows = [t for t in voice["turns"] if t["pipeline"] == kind]
+        ending = [t for t in rows if t["ends_sentence"]]
+        unended = [t for t in rows if not t["ends_sentence"]]
+        # the loopback STT really sent the finals that way
+        assert all(t["transcript"].endswith(SENTENCE_END) for t in ending)
+        assert not any(t["transcript"].endswith(SENTENCE_END) for t in unended)
+        assert len(ending) == voice["pipelines"][kind]["turns"] == config["turns_per_pipeline"]
+        per = voice["pipelines_no_sentence_end"][kind]
+        assert len(unended) == per["turns"] == config["no_sentence_end_turns_per_pipeline"] > 0
+        assert per["missing"] == 0
+        assert _summary_ok(per["e2e"])
+        assert per["stages"]["stt_final"]["p50"] < per["stages"]["first_audio"]["p50"]
+    ratios = voice["ratios_ours_over_stock"]
+    e2e = {kind: voice["pipelines_no_sentence_end"][kind]["e2e"]["p50"] for kind in PIPELINES}
+    assert math.isclose(ratios["e2e_no_sentence_end_p50"], e2e["ours"] / e2e["stock"], rel_tol=0.01)
+    assert voice["goals"]["e2e_p50_no_sentence_end_at_most_0.85s"] is (e2e["ours"] <= 0.85)
+    assert voice["goals"]["e2e_p50_sentence_end_at_most_0.79s"] is (
+        voice["pipelines"]["ours"]["e2e"]["p50"] <= 0.79
+    )
+    ours = config["ours_turn_taking"]
+    if ours["turn_detector"] == "delay":
+        # the delay rule waits its whole delay after a final without a sentence end (3/4 of it
+        # after one with), counted from the end of speech at the earliest
+        delay = ours["end_of_turn_delay_ms"] / 1000
+        for t in voice["turns"]:
+            if t["pipeline"] == "ours" and not t["ends_sentence"]:
+                assert t["stages"]["end_of_turn"] >= delay - 0.005, t
+
+
+@pytest.mark.timeout(300)
+def test_voice_cutoffs_per_pause_range(report: dict[str, Any]) -> None:
+    voice = report["parts"]["voice"]
+    config = voice["config"]
+    ranges = config["pause_ranges"]
+    assert list(ranges) == ["0.3-0.8", "0.8-1.5"]
+    for kind in PIPELINES:
+        for name, values in ranges.items():
+            low, high = (float(x) for x in name.split("-"))
+            assert all(low <= v <= high for v in values)
+            rows = [
+                r for r in voice["pause_utterances"] if r["pipeline"] == kind and r["range"] == name
+            ]
+            assert all(p in values for r in rows for p in r["pauses"])
+            cut = voice["cutoffs"][kind][name]
+            assert cut["utterances"] == len(rows) == config["pause_utterances_per_range"]
+            assert cut["pauses"] == sum(len(r["pauses"]) for r in rows) == 2 * len(rows)
+            assert set(cut["by_pause"]) == {f"{v:.1f}" for v in values}
+            assert sum(b["pauses"] for b in cut["by_pause"].values()) == cut["pauses"]
+            # a cut-off before the first pause counts in no pause's column
+            assert 0 <= sum(b["cutoffs"] for b in cut["by_pause"].values()) <= cut["cutoffs"]
+            assert cut["utterances_cut"] <= cut["utterances"]
+    short, long = voice["cutoffs"]["ours"]["0.3-0.8"], voice["cutoffs"]["ours"]["0.8-1.5"]
+    goals = voice["goals"]
+    assert goals["no_cutoff_in_0.3-0.8s_pauses"] is (short["cutoffs"] == 0)
+    assert goals["cutoffs_in_0.8-1.5s_pauses_at_most_2_of_24"] is (
+        long["cutoffs"] * 12 <= long["pauses"]
+    )
+    table = report["_stdout"]
+    for row in ("final not ending a sentence p50", "cut-offs (pauses 0.3-0.8 s)", "0.8-1.5 s"):
+        assert row in table
 
 
 @pytest.mark.timeout(300)

@@ -165,7 +165,7 @@ class VoiceConfig:
 
     @staticmethod
     def for_mode(quick: bool) -> VoiceConfig:
-        return VoiceConfig(2, 2, 1) if quick else VoiceConfig(50, 16, 12)
+        return VoiceConfig(2, 1, 1) if quick else VoiceConfig(50, 16, 12)
 
 
 def _rel(t: float | None, e: float) -> float | None:
@@ -284,7 +284,7 @@ def _pause_plan(
 ) -> list[tuple[tuple[str, str, str], tuple[float, float]]]:
     """``n`` utterances with two pauses each, the pause lengths cycling through ``values``."""
     pauses = list(itertools.islice(itertools.cycle(values), 2 * n))
-    # pair short with long so every utterance has one of each half
+    # shuffled with a fixed seed: the lengths are spread over the utterances, the same every run
     rng = np.random.default_rng(7)
     rng.shuffle(pauses)
     return [

@@ -52,7 +52,7 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         ],
         capture_output=True,
         text=True,
-        timeout=280,
+        timeout=420,
         cwd=Path(__file__).resolve().parents[1],
     )
     assert done.returncode == 0, done.stderr[-4000:]
@@ -62,7 +62,7 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return data
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(450)
 def test_every_part_ran_with_its_chart_and_table(report: dict[str, Any]) -> None:
     assert report["quick"] is True
     assert set(report["parts"]) == set(PARTS)
@@ -79,7 +79,7 @@ def test_every_part_ran_with_its_chart_and_table(report: dict[str, Any]) -> None
         assert heading in table
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(450)
 def test_voice_measured_both_pipelines(report: dict[str, Any]) -> None:
     voice = report["parts"]["voice"]
     for kind in PIPELINES:
@@ -110,7 +110,7 @@ def test_voice_measured_both_pipelines(report: dict[str, Any]) -> None:
 SENTENCE_END = (".", "?", "!")
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(450)
 def test_voice_turns_without_a_sentence_end(report: dict[str, Any]) -> None:
     voice = report["parts"]["voice"]
     config = voice["config"]
@@ -144,7 +144,7 @@ def test_voice_turns_without_a_sentence_end(report: dict[str, Any]) -> None:
                 assert t["stages"]["end_of_turn"] >= delay - 0.005, t
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(450)
 def test_voice_cutoffs_per_pause_range(report: dict[str, Any]) -> None:
     voice = report["parts"]["voice"]
     config = voice["config"]
@@ -177,7 +177,7 @@ def test_voice_cutoffs_per_pause_range(report: dict[str, Any]) -> None:
         assert row in table
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(450)
 def test_tools_capacity_memory_startup_fields(report: dict[str, Any]) -> None:
     parts = report["parts"]
     tools = parts["tools"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import multiprocessing
 import os
 import re
@@ -29,6 +30,7 @@ from tests.conftest import SessionFactory
 from tests.loopback.openai_server import Reply
 from tests.test_worker_protocol import free_port
 from worker.config import ConfigError, load_settings
+from worker.entrypoint import job_limiter, worker_options
 from worker.metrics import prometheus
 from worker.metrics.prometheus import (
     LATENCY_BUCKETS,
@@ -221,6 +223,7 @@ def test_bad_operations_settings_are_reported_one_line_each() -> None:
         "OTEL_INCLUDE_TEXT": "yes",
         "LOG_FORMAT": "xml",
         "WORKER_MAX_RETRY": "-1",
+        "LOAD_THRESHOLD": "75%",
     }
     with pytest.raises(ConfigError) as e:
         load_settings(env, dotenv=None)
@@ -229,3 +232,22 @@ def test_bad_operations_settings_are_reported_one_line_each() -> None:
     assert ok.prometheus_port == 9464
     assert ok.log_format == "json"
     assert load_settings({}, dotenv=None).prometheus_port is None
+    for bad in ("0", "1.5", "nan", "inf"):
+        with pytest.raises(ConfigError):
+            load_settings({"LOAD_THRESHOLD": bad}, dotenv=None)
+
+
+@pytest.mark.parametrize(("value", "threshold"), [(None, 0.75), ("0.9", 0.9), ("off", math.inf)])
+def test_the_load_threshold_reaches_the_framework_and_the_readiness_probe(
+    value: str | None, threshold: float
+) -> None:
+    """0.12 reports the worker full to the server at its threshold, and /readyz says ``full``
+    from the same figure: the two must agree (unset: 0.12's own production threshold)."""
+    settings = load_settings({} if value is None else {"LOAD_THRESHOLD": value}, dotenv=None)
+    limiter = job_limiter(settings)
+    assert limiter.options.load_threshold == threshold
+    framework = worker_options(settings, limiter).load_threshold
+    if value is None:  # 0.12 chooses: 0.75 under `start`, none under `dev`
+        assert framework.prod_default == 0.75  # type: ignore[union-attr]
+    else:  # off: the load reported is the share of MAX_JOBS running, full at 1
+        assert framework == min(threshold, 1.0)

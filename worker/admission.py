@@ -9,6 +9,7 @@ past the limit between two load updates.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -26,7 +27,9 @@ class AdmissionOptions:
     agent_identity: str
     agent_display_name: str = "Agent"
     load_threshold: float = 0.75
-    """The framework's production threshold: at or above it the server offers no jobs."""
+    """The CPU load at or above which the server offers no jobs (the framework's production
+    threshold by default); ``math.inf``: the CPU does not count, the load reported is the share
+    of ``max_jobs`` running (a node that runs nothing else)."""
 
 
 Decision = Literal["accepted", "rejected"]
@@ -45,9 +48,19 @@ class JobLimiter:
         self._on_decision = on_decision
 
     @property
+    def options(self) -> AdmissionOptions:
+        return self._opts
+
+    @property
+    def framework_threshold(self) -> float:
+        """The threshold for 0.12's own full/available status, on the figure :meth:`load`
+        reports."""
+        return min(self._opts.load_threshold, 1.0)
+
+    @property
     def full(self) -> bool:
         """No job would be taken now (job limit reached, or load at the threshold)."""
-        return self.running >= self._opts.max_jobs or self._last_load >= self._opts.load_threshold
+        return self.running >= self._opts.max_jobs or self._last_load >= self.framework_threshold
 
     def _decided(self, decision: Decision) -> None:
         if self._on_decision is not None:
@@ -59,10 +72,13 @@ class JobLimiter:
         return active + self._pending
 
     def load(self, worker: Worker) -> float:
-        """Worker load in [0, 1]: CPU load, or 1.0 once the job limit is reached."""
+        """Worker load in [0, 1]: CPU load (or the share of the job limit in use, when the CPU
+        does not count), 1.0 once the job limit is reached."""
         self._worker = worker
         if self.running >= self._opts.max_jobs:
             self._last_load = 1.0
+        elif math.isinf(self._opts.load_threshold):
+            self._last_load = self.running / self._opts.max_jobs
         else:
             self._last_load = min(cpu_load(worker), 1.0)
         return self._last_load

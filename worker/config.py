@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import ipaddress
+import math
 import os
 import re
 import sys
@@ -172,6 +173,7 @@ class Settings:
     allow_say: bool = False  # the `say` control message
     prometheus_port: int | None = None  # None: no /metrics endpoint
     worker_max_retry: int = 16  # connection attempts before the worker gives up (0.12's)
+    load_threshold: float | None = None  # None: 0.12's (0.75 under `start`); inf: MAX_JOBS alone
     otel_endpoint: str = ""  # OTLP/HTTP base URL; empty: no traces
     otel_include_text: bool = False
     log_format: LogFormat = "text"  # talk/web; `start` always logs JSON lines
@@ -339,6 +341,21 @@ class _Parser:
             return default
         return number
 
+    def _load_threshold(self) -> float | None:
+        value = self._get("LOAD_THRESHOLD")
+        if value is None:
+            return None
+        if value == "off":
+            return math.inf
+        try:
+            number = float(value)
+        except ValueError:
+            number = math.nan
+        if not 0 < number <= 1:
+            self._problem("LOAD_THRESHOLD", f"must be a number in (0, 1] or 'off' (got {value!r})")
+            return None
+        return number
+
     def _name(self, name: str, default: str) -> str:
         value = self._get(name)
         if value is None:
@@ -475,6 +492,7 @@ class _Parser:
                 else None
             ),
             worker_max_retry=self._int("WORKER_MAX_RETRY", d.worker_max_retry, 0, 1000),
+            load_threshold=self._load_threshold(),
             otel_endpoint=self._url("OTEL_EXPORTER_OTLP_ENDPOINT", "", ("http", "https")),
             otel_include_text=self._choice("OTEL_INCLUDE_TEXT", "0", ("0", "1")) == "1",
             log_format=self._choice(  # type: ignore[arg-type]

@@ -12,6 +12,7 @@ import importlib
 import logging
 import os
 from collections.abc import Callable
+from dataclasses import replace
 
 from livekit.agents import JobContext, JobProcess, WorkerOptions
 
@@ -108,7 +109,7 @@ def worker_options(settings: Settings, limiter: JobLimiter | None = None) -> Wor
     the settings if not given)."""
     if limiter is None:
         limiter = job_limiter(settings)
-    return WorkerOptions(
+    options = WorkerOptions(
         entrypoint_fnc=entrypoint,
         prewarm_fnc=prewarm,
         request_fnc=limiter.request,
@@ -121,12 +122,23 @@ def worker_options(settings: Settings, limiter: JobLimiter | None = None) -> Wor
         max_retry=settings.worker_max_retry,
         initialize_process_timeout=PREWARM_TIMEOUT,
     )
+    if settings.load_threshold is not None:
+        options = replace(options, load_threshold=limiter.framework_threshold)
+    return options
 
 
 def job_limiter(
     settings: Settings, on_decision: Callable[[Decision], None] | None = None
 ) -> JobLimiter:
     return JobLimiter(
-        AdmissionOptions(max_jobs=settings.max_jobs, agent_identity=settings.agent_identity),
+        AdmissionOptions(
+            max_jobs=settings.max_jobs,
+            agent_identity=settings.agent_identity,
+            load_threshold=(
+                AdmissionOptions.load_threshold
+                if settings.load_threshold is None
+                else settings.load_threshold
+            ),
+        ),
         on_decision,
     )

@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ctypes
 import functools
 import gc
 import json
@@ -47,6 +48,7 @@ import random
 import secrets
 import sys
 import time
+import tracemalloc
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -215,6 +217,156 @@ class SoakOptions:
     kinds: tuple[str, ...] = ()
     """Only these fault kinds (empty: all of KINDS)."""
     turn_timeout: float = 45.0
+    warmup: int | None = None
+    """Turns before growth is measured (None: a quarter of the turns, at least 100)."""
+    tracemalloc: bool = False
+    """Trace Python allocations: the heap's growth after the warm-up, by where it was made."""
+
+    def warmup_turns(self) -> int:
+        if self.warmup is not None:
+            return self.warmup
+        return min(self.turns // 2, max(100, self.turns // 4))
+
+    def sample_every(self) -> int:
+        return max(1, self.turns // 50)
+
+
+@dataclass(frozen=True)
+class MemorySample:
+    """The process's memory after ``turns`` turns. RSS alone is noisy (glibc's arenas keep
+    freed memory and hand it back when they please), so the Python heap is sampled too."""
+
+    turns: int
+    rss_mb: float
+    heap_blocks_k: float
+    """Thousands of memory blocks Python has allocated (sys.getallocatedblocks)."""
+    gc_objects_k: float
+    """Thousands of objects the garbage collector tracks (containers, instances)."""
+    tasks: int
+    malloc_used_mb: float | None
+    """Bytes malloc handed out and not yet freed, in every arena (Python, the FFI, ONNX)."""
+    malloc_free_mb: float | None
+    """Bytes freed but kept by malloc in its arenas (fragmentation: RSS that is not in use)."""
+    traced_mb: float | None = None
+    """Python allocations traced by tracemalloc (None: not tracing)."""
+
+
+def slope_per_100(points: list[tuple[int, float]]) -> float | None:
+    """Least-squares slope of ``(turns, value)`` points, per 100 turns (None: too few)."""
+    if len(points) < 3:
+        return None
+    x = np.array([p[0] for p in points], dtype=float)
+    y = np.array([p[1] for p in points], dtype=float)
+    if np.ptp(x) == 0:
+        return None
+    return round(float(np.polyfit(x, y, 1)[0]) * 100, 3)
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena",
+            "ordblks",
+            "smblks",
+            "hblks",
+            "hblkhd",
+            "usmblks",
+            "fsmblks",
+            "uordblks",
+            "fordblks",
+            "keepcost",
+        )
+    ]
+
+
+@functools.cache
+def _mallinfo2() -> Callable[[], _MallInfo2] | None:
+    """glibc's mallinfo2 (2.33+), None elsewhere."""
+    try:
+        function = ctypes.CDLL(None).mallinfo2
+    except (OSError, AttributeError):
+        return None
+    function.restype = _MallInfo2
+    function.argtypes = []
+    return function
+
+
+def malloc_mb() -> tuple[float, float] | tuple[None, None]:
+    """(in use, free) in malloc's arenas and mmapped chunks, in MB."""
+    mallinfo2 = _mallinfo2()
+    if mallinfo2 is None:
+        return None, None
+    info = mallinfo2()
+    used = (info.uordblks + info.hblkhd) / 2**20
+    return round(used, 1), round(info.fordblks / 2**20, 1)
+
+
+def sample_memory(turns: int, process: psutil.Process) -> MemorySample:
+    used, free = malloc_mb()
+    traced = tracemalloc.get_traced_memory()[0] / 2**20 if tracemalloc.is_tracing() else None
+    return MemorySample(
+        turns=turns,
+        rss_mb=round(process.memory_info().rss / 2**20, 1),
+        heap_blocks_k=round(sys.getallocatedblocks() / 1000, 1),
+        gc_objects_k=round(len(gc.get_objects()) / 1000, 1),
+        tasks=len(asyncio.all_tasks()),
+        malloc_used_mb=used,
+        malloc_free_mb=free,
+        traced_mb=None if traced is None else round(traced, 2),
+    )
+
+
+@dataclass
+class HeapProbe:
+    """What the Python heap holds at one moment: a tracemalloc snapshot (when tracing) and
+    the live objects counted by type, to diff the end of the run against the warm-up."""
+
+    turns: int
+    types: Counter[str]
+    snapshot: tracemalloc.Snapshot | None
+
+    @classmethod
+    def take(cls, turns: int) -> HeapProbe:
+        gc.collect()
+        types = Counter(type(o).__qualname__ for o in gc.get_objects())
+        snapshot = None
+        if tracemalloc.is_tracing():
+            snapshot = tracemalloc.take_snapshot().filter_traces(
+                [
+                    tracemalloc.Filter(False, tracemalloc.__file__),
+                    tracemalloc.Filter(False, "<frozen importlib._bootstrap*>"),
+                ]
+            )
+        return cls(turns, types, snapshot)
+
+    def growth(self, end: HeapProbe, top: int = 15) -> dict[str, Any]:
+        types = [
+            {"type": name, "count_diff": n} for name, n in (end.types - self.types).most_common(top)
+        ]
+        found: dict[str, Any] = {"from_turn": self.turns, "to_turn": end.turns, "types": types}
+        if self.snapshot is not None and end.snapshot is not None:
+            stats = end.snapshot.compare_to(self.snapshot, "traceback")
+            found["traced_mb_diff"] = round(sum(s.size_diff for s in stats) / 2**20, 2)
+            found["allocations"] = [
+                {
+                    "size_diff_kb": round(s.size_diff / 1024, 1),
+                    "count_diff": s.count_diff,
+                    "traceback": [
+                        f"{short_path(f.filename)}:{f.lineno}" for f in reversed(s.traceback)
+                    ],
+                }
+                for s in sorted(stats, key=lambda s: s.size_diff, reverse=True)[:top]
+            ]
+        return found
+
+
+def short_path(filename: str) -> str:
+    for marker in ("site-packages/", "/lib/python3.11/"):
+        if marker in filename:
+            return filename.split(marker, 1)[1]
+    cwd = str(Path.cwd()) + "/"
+    return filename.removeprefix(cwd)
 
 
 @dataclass
@@ -225,8 +377,9 @@ class SoakReport:
     bad_inputs: Counter[str] = field(default_factory=Counter)
     loop_errors: list[str] = field(default_factory=list)
     leaked_keys: int = 0
-    rss_mb: list[tuple[int, float]] = field(default_factory=list)
-    """(turns done, RSS in MB) samples."""
+    memory: list[MemorySample] = field(default_factory=list)
+    heap_growth: dict[str, Any] = field(default_factory=dict)
+    """What the Python heap gained from the warm-up to the end (HeapProbe.growth)."""
     max_context_messages: int = 0
     tasks_before: int = 0
     tasks_max: int = 0
@@ -253,12 +406,16 @@ class SoakReport:
             row["unexpected"] += int(t.lost is None and t.unexpected is not None)
         return dict(sorted(table.items()))
 
-    def rss_growth_mb(self) -> float:
-        """RSS at the end minus RSS at the half-way sample (the first half warms caches)."""
-        if len(self.rss_mb) < 2:
-            return 0.0
-        half = self.rss_mb[len(self.rss_mb) // 2][1]
-        return round(self.rss_mb[-1][1] - half, 1)
+    def growth_per_100_turns(self) -> dict[str, float | None]:
+        """Least-squares slopes over the samples after the warm-up (the first turns fill
+        caches, pools and the bounded context)."""
+        warmup = SoakOptions(**self.options).warmup_turns()
+        after = [m for m in self.memory if m.turns >= warmup]
+        fields = [f for f in MemorySample.__dataclass_fields__ if f != "turns"]
+        return {
+            f: slope_per_100([(m.turns, v) for m in after if (v := getattr(m, f)) is not None])
+            for f in fields
+        }
 
     def problems(self) -> list[str]:
         found = [f"turn lost: {t}" for t in self.lost]
@@ -290,12 +447,16 @@ class SoakReport:
             "bad_inputs": dict(self.bad_inputs),
             "loop_errors": self.loop_errors,
             "leaked_keys": self.leaked_keys,
-            "rss_mb": {
-                "first": self.rss_mb[0][1] if self.rss_mb else None,
-                "last": self.rss_mb[-1][1] if self.rss_mb else None,
-                "max": max((r for _, r in self.rss_mb), default=None),
-                "growth_second_half": self.rss_growth_mb(),
-                "samples": self.rss_mb,
+            "memory": {
+                "warmup_turns": SoakOptions(**self.options).warmup_turns(),
+                "growth_per_100_turns": self.growth_per_100_turns(),
+                "rss_mb": {
+                    "first": self.memory[0].rss_mb if self.memory else None,
+                    "last": self.memory[-1].rss_mb if self.memory else None,
+                    "max": max((m.rss_mb for m in self.memory), default=None),
+                },
+                "heap_growth": self.heap_growth,
+                "samples": [asdict(m) for m in self.memory],
             },
             "max_context_messages": self.max_context_messages,
             "tasks": {"before": self.tasks_before, "max": self.tasks_max, "left": self.tasks_left},
@@ -356,7 +517,10 @@ class Session:
         self.script: deque[Reply | Fault] = deque()
         self.rng = random.Random(index)
         self.h: Harness | None = None
-        self.turn_metrics = 0
+        self.turns_read: list[dict[str, Any]] = []
+        """``turn`` metrics messages received and not yet credited to a turn."""
+        self.data_read = 0
+        """How many of the room's outbox data messages were read into ``turns_read``."""
         self.requests = 0
 
     def respond(self, body: dict[str, Any]) -> Reply | Fault:
@@ -411,10 +575,15 @@ class Session:
 
     # -- one turn
 
-    def turn_payloads(self) -> list[dict[str, Any]]:
+    def new_turns(self) -> int:
+        """``turn`` metrics messages not yet credited to a turn (reads only what is new)."""
         assert self.h is not None
-        messages = (d.json() for d in self.h.room.outbox.data_on("agent.metrics"))
-        return [m for m in messages if m["type"] == "turn"]
+        data = self.h.room.outbox.data
+        for d in data[self.data_read :]:
+            if d.topic == "agent.metrics" and (m := d.json())["type"] == "turn":
+                self.turns_read.append(m)
+        self.data_read = len(data)
+        return len(self.turns_read)
 
     async def run_turn(self, n: int, kind: str, timeout: float) -> TurnRecord:
         h = self.h
@@ -425,9 +594,7 @@ class Session:
             async with asyncio.timeout(timeout):
                 await self.arm(kind)
                 await self.speak_turn(n, kind)
-                await h.room.outbox.wait_for(
-                    lambda: len(self.turn_payloads()) > self.turn_metrics, timeout=timeout
-                )
+                await h.room.outbox.wait_for(lambda: self.new_turns() > 0, timeout=timeout)
         except TimeoutError:
             record.lost = "no turn metric in time"
         except Exception as e:  # the driver's own failure: count the turn as lost, go on
@@ -437,10 +604,9 @@ class Session:
             await self.disarm(kind)
         if record.lost is not None:
             await self.resync()
-        payloads = self.turn_payloads()
-        if len(payloads) > self.turn_metrics:
-            turn = payloads[self.turn_metrics]
-            self.turn_metrics = len(payloads)
+        if self.new_turns():
+            turn = self.turns_read[0]
+            self.turns_read.clear()  # after a lost turn, its late metric is not credited next
             record.outcome, record.error = turn["outcome"], turn["error"]
             expected = KINDS[kind]
             if (record.outcome, record.error) != (expected.outcome, expected.error):
@@ -457,22 +623,23 @@ class Session:
         assert self.h is not None
         h = self.h
         with contextlib.suppress(TimeoutError):
-            await h.room.outbox.wait_for(
-                lambda: len(self.turn_payloads()) > self.turn_metrics, timeout=10
-            )
+            await h.room.outbox.wait_for(lambda: self.new_turns() > 0, timeout=10)
 
     def trim_records(self) -> None:
-        """Drop what the test doubles recorded (requests, closed connections, transcriptions,
-        received audio), after scanning it for the keys: the RSS then measures the agent."""
+        """Drop what the test doubles recorded (data messages, transcriptions, pipeline events,
+        requests, closed connections, received audio), after scanning it for the keys: the
+        memory measured is then the agent's, not a record of everything it did. Between turns
+        only (a turn being driven waits on the events)."""
         h = self.h
         assert h is not None
-        keys = list(self.keys.values())
-        texts = [t.text for t in h.room.outbox.transcriptions]
-        self.report.leaked_keys += sum(any(k in t for k in keys) for t in texts)
+        self.new_turns()  # the turn metrics not yet credited are kept
+        self.report.leaked_keys += room_leaks(self, list(self.keys.values()))
+        h.room.outbox.data.clear()
+        self.data_read = 0
         h.room.outbox.transcriptions.clear()
         h.room.outbox.attribute_updates.clear()
-        for recorder in h.room.outbox.audio:
-            recorder.frames.clear()  # audible_seconds is a running count: unaffected
+        h.events.clear()
+        self.trim_audio()
         self.requests += len(h.oai.requests)
         h.oai.requests[:] = [r for r in h.oai.requests if not r.done.is_set()]
         h.dg.listen_connections[:] = [c for c in h.dg.listen_connections if c.closed_at is None]
@@ -481,6 +648,14 @@ class Session:
             conn.messages.clear()
             conn.flushes.clear()
         h.dg.refused.clear()
+
+    def trim_audio(self) -> None:
+        """Drop the agent audio received so far (safe at any time: a barge-in waits on the
+        recorder's running count of audible seconds). The agent's track keeps sending frames
+        while the session waits for the others to finish."""
+        assert self.h is not None
+        for recorder in self.h.room.outbox.audio:
+            recorder.frames.clear()
 
     async def speak_turn(self, n: int, kind: str) -> None:
         h = self.h
@@ -671,6 +846,9 @@ async def run_soak(
     before = {t for t in asyncio.all_tasks() if t is not own}
     report.tasks_before = len(before)
     process = psutil.Process()
+    if options.tracemalloc:
+        tracemalloc.start(8)
+    warmed: HeapProbe | None = None
     started = time.perf_counter()
     vad = SileroVAD.load(min_silence_duration=0.25)
     sessions = [Session(i, keys, report) for i in range(options.sessions)]
@@ -679,20 +857,28 @@ async def run_soak(
         await asyncio.gather(*(s.start(vad) for s in sessions))
 
         async def drive(session: Session) -> None:
-            nonlocal done
+            nonlocal done, warmed
             turns = quota(options, session.index)
             for n, kind in enumerate(plan(options, session.index, turns)):
                 report.turns.append(await session.run_turn(n, kind, options.turn_timeout))
                 done += 1
                 report.tasks_max = max(report.tasks_max, len(asyncio.all_tasks()))
-                if done % max(1, options.turns // 20) == 0:
-                    report.rss_mb.append((done, round(process.memory_info().rss / 2**20, 1)))
+                if warmed is None and done >= options.warmup_turns():
+                    warmed = HeapProbe.take(done)
+                if done % options.sample_every() == 0:
+                    for s in sessions:
+                        s.trim_audio()
+                    report.memory.append(sample_memory(done, process))
                     if progress is not None:
                         lost = len(report.lost)
                         progress(f"{done}/{options.turns} turns, {lost} lost")
 
         await asyncio.gather(*(drive(s) for s in sessions))
+        if warmed is not None:  # the end, with the sessions still open
+            report.heap_growth = warmed.growth(HeapProbe.take(done))
     finally:
+        if options.tracemalloc:
+            tracemalloc.stop()
         await asyncio.gather(*(s.aclose() for s in sessions))
         # the FFI ends the audio streams of released tracks asynchronously
         streams = [
@@ -742,13 +928,16 @@ def format_table(summary: dict[str, Any]) -> str:
     ]
     lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
     bad = ", ".join(f"{k}: {v}" for k, v in sorted(summary["bad_inputs"].items()))
+    memory = summary["memory"]
+    growth = memory["growth_per_100_turns"]
     lines += [
         "",
         f"turns {summary['turns']}, lost {summary['turns_lost']}, unexpected outcomes "
         f"{summary['unexpected_outcomes']}, outcomes {summary['outcomes']}",
         f"bad inputs tried: {bad}",
-        "RSS MB first/last/max {first}/{last}/{max}, growth over the second half "
-        "{growth_second_half}".format(**summary["rss_mb"]),
+        "RSS MB first/last/max {first}/{last}/{max}".format(**memory["rss_mb"]),
+        f"growth per 100 turns after {memory['warmup_turns']} turns: "
+        + ", ".join(f"{k} {v:+}" for k, v in growth.items() if v is not None),
         f"tasks left {len(summary['tasks']['left'])}, streams left {len(summary['streams_left'])}, "
         f"connections left {summary['connections_left']}, leaked keys {summary['leaked_keys']}",
         f"{summary['seconds']} s",
@@ -765,6 +954,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--round-robin", action="store_true", help="cycle through every fault kind")
     parser.add_argument("--kinds", nargs="*", choices=sorted(KINDS), default=[])
+    parser.add_argument(
+        "--warmup", type=int, help="turns before growth is measured (default: a quarter)"
+    )
+    parser.add_argument(
+        "--tracemalloc",
+        action="store_true",
+        help="trace Python allocations; the JSON lists what grew after the warm-up (slow)",
+    )
     parser.add_argument("--json", type=Path, default=Path("docs/bench/soak.json"))
     args = parser.parse_args(argv)
     # Console: errors of the soak itself only (the injected faults make every layer log).
@@ -779,6 +976,8 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
         round_robin=args.round_robin,
         kinds=tuple(args.kinds),
+        warmup=args.warmup,
+        tracemalloc=args.tracemalloc,
     )
     report = asyncio.run(run_soak(options, progress=lambda line: print(line, file=sys.stderr)))
     summary = report.summary()

@@ -1,6 +1,7 @@
 """Soak: many turns through whole sessions, with a fault of some kind injected into most of them.
 
-``python -m bench.soak [--turns 1000] [--sessions 8] [--seed 7] [--json PATH]``
+``python -m bench.soak [--turns 1000] [--sessions 8] [--seed 7] [--kinds KIND ...]
+[--warmup TURNS] [--tracemalloc] [--json PATH]``
 
 What runs is what a job runs: ``worker.session.build_session`` in the in-process room, real
 Silero VAD on espeak-ng speech pushed into the participant's microphone in real time, the real
@@ -27,11 +28,20 @@ messages; a barge-in. Each kind has an expected outcome (``answered``, ``cut_sho
 ``apologised``, ``interrupted``) and error (``llm``/``tts`` or none), checked against the
 session's ``turn`` metrics messages: a turn without one is lost.
 
+Memory, sampled every 1/50 of the run: RSS; the Python heap (allocated blocks, objects the
+collector tracks); malloc's bytes in use and bytes freed but kept in its arenas (glibc's
+mallinfo2: RSS can rise with the second while nothing is in use, fragmentation, not a leak);
+tracemalloc's total with ``--tracemalloc``. Growth = least-squares slope per 100 turns over
+the samples after the warm-up. From the warm-up to the end the report also diffs the live
+objects by type and, with ``--tracemalloc``, the allocations by traceback (top 15). Tracing
+slows every allocation: with more than a session or two the real-time audio falls behind and
+turns are lost, so trace with ``--sessions 1`` or ``2`` and a few hundred turns.
+
 Checked at the end: no turn lost, every outcome as expected, no error the event loop saw (an
 unretrieved exception, a failing callback), no task, stream or provider connection left after
-the sessions closed, the fake provider keys in no log line or data message, and RSS growth
-over the second half of the run (bounded memory; the context policy keeps each session's
-context bounded, also checked).
+the sessions closed, the fake provider keys in no log line or data message, and each
+session's context within the context policy's bound. The test doubles' records (data messages,
+events, received audio, requests) are dropped after every turn, so what grows is the agent's.
 """
 
 from __future__ import annotations
@@ -877,8 +887,7 @@ async def run_soak(
         if warmed is not None:  # the end, with the sessions still open
             report.heap_growth = warmed.growth(HeapProbe.take(done))
     finally:
-        if options.tracemalloc:
-            tracemalloc.stop()
+        # tracemalloc stays on: stopping it while the FFI's threads allocate crashes CPython
         await asyncio.gather(*(s.aclose() for s in sessions))
         # the FFI ends the audio streams of released tracks asynchronously
         streams = [

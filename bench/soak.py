@@ -657,6 +657,10 @@ class Session:
         for conn in h.dg.speak_connections:
             conn.messages.clear()
             conn.flushes.clear()
+        for listening in h.dg.listen_connections:
+            listening.control.clear()
+            listening.speech_started.clear()
+            listening.finals.clear()
         h.dg.refused.clear()
 
     def trim_audio(self) -> None:

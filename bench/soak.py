@@ -362,7 +362,7 @@ class HeapProbe:
                 {
                     "size_diff_kb": round(s.size_diff / 1024, 1),
                     "count_diff": s.count_diff,
-                    "traceback": [
+                    "traceback": [  # where it was allocated first, then its callers
                         f"{short_path(f.filename)}:{f.lineno}" for f in reversed(s.traceback)
                     ],
                 }

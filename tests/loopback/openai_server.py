@@ -101,6 +101,9 @@ def scripted(*answers: Reply | Fault) -> Responder:
     return respond
 
 
+MAX_REQUEST_BYTES = 32 * 2**20
+
+
 @dataclass
 class ReceivedRequest:
     body: dict[str, Any]
@@ -161,7 +164,9 @@ class OpenAIServer:
         return f"http://127.0.0.1:{self._port}/v1"
 
     async def start(self) -> None:
-        app = web.Application()
+        # the API takes requests of several MB (base64 images and audio); aiohttp's default
+        # limit (1 MB) would refuse a request carrying 30 s of utterance audio
+        app = web.Application(client_max_size=MAX_REQUEST_BYTES)
         app.router.add_post("/v1/chat/completions", self._chat_completions)
         app.router.add_get("/v1/models", self._models)
         self._runner = web.AppRunner(app, access_log=None)
@@ -200,7 +205,11 @@ class OpenAIServer:
         task = asyncio.current_task()
         assert task is not None
         self._handlers.add(task)
-        body = await request.json()
+        try:
+            body = await request.json()
+        except BaseException:  # a body that is not JSON: aiohttp answers it
+            self._handlers.discard(task)
+            raise
         received = ReceivedRequest(body, CIMultiDict(request.headers), time.perf_counter())
         async with self._new_request:
             self.requests.append(received)

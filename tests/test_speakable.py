@@ -56,6 +56,19 @@ def test_words_are_released_before_the_reply_ends() -> None:
     assert converter.flush() == " today"
 
 
+def test_a_finished_sentence_goes_with_its_last_token() -> None:
+    """The first sentence reaches the TTS with its mark, not a token later with the next word
+    (at 50 tokens/s, 20 ms of the reply's first audio)."""
+    converter = SpeakableText()
+    pushed = [converter.push(t) for t in ("It", " is", " noon", " in", " Paris", ".")]
+    assert pushed[-1] == " Paris."
+    assert converter.push(" The") == ""  # an ordinary last word still waits for its end
+    # what the next token could still continue waits too: a number, an address, markup
+    for text in ("It is 3.", "Go to www.", "It is *Paris.", "See https://x.", "A 😀."):
+        held = SpeakableText()
+        assert held.push(text) == text.rsplit(" ", 1)[0], text
+
+
 async def test_the_voice_gets_speakable_text_and_the_transcript_the_original(
     make_session: SessionFactory,
 ) -> None:

@@ -11,7 +11,9 @@ and a line that ends without punctuation gets a full stop so list items are spok
 sentences.
 
 Streaming: text is converted up to its last complete word (a word is never cut), and held a little
-longer while a ``[link](...)`` is still open, so the TTS still starts on the first words.
+longer while a ``[link](...)`` is still open, so the TTS still starts on the first words. A plain
+word that ends a sentence ("Paris.") is complete as it is: it goes at once, so the first sentence
+reaches the TTS with its last token rather than with the next sentence's first.
 """
 
 from __future__ import annotations
@@ -42,6 +44,11 @@ _EMOJI = re.compile(
 )
 _SPACE_BEFORE_MARK = re.compile(r"[ \t]+(?=[.,!?;:](?:\s|$))")
 _UNPUNCTUATED_EOL = re.compile(r"(?<=[\w)\"'\u00bb\u201d])[ \t]*\n")
+_SENTENCE_END_WORD = re.compile(
+    r"(?!www\.)[^\W\d_][^\W_]*(?:['\u2019-][^\W_]+)*[.!?]+[\"'\u2019\u201d)]?", re.IGNORECASE
+)
+"""A word of letters (digits after the first, inner apostrophes and hyphens) and its sentence
+mark: nothing in it that markdown, a ``www.`` address or a number could still continue."""
 
 
 def _host(match: re.Match[str]) -> str:
@@ -94,8 +101,12 @@ class SpeakableText:
         buf = self._buf
         # up to the whitespace before the last word: the whitespace goes with what follows, so
         # a mark after a dropped emoji ("Paris 😀.") still joins its word
-        end = len(buf.rstrip(" \t\n"))
-        end = max(buf.rfind(" ", 0, end), buf.rfind("\n", 0, end), buf.rfind("\t", 0, end))
+        text_end = len(buf.rstrip(" \t\n"))
+        end = max(
+            buf.rfind(" ", 0, text_end), buf.rfind("\n", 0, text_end), buf.rfind("\t", 0, text_end)
+        )
+        if _SENTENCE_END_WORD.fullmatch(buf, end + 1, text_end):
+            end = text_end  # a finished sentence's last word: nothing can continue it
         if end <= 0:
             return 0
         end = len(buf[:end].rstrip(" \t\n"))

@@ -63,6 +63,9 @@ async def test_a_short_mm_hmm_pauses_the_reply_and_it_goes_on(make_session: Sess
     assert reply.args[0].content == LONG_ANSWER
     assert h.named("agent_speech_interrupted") == []
     assert len(h.named("agent_started_speaking")) == 1
+    # the backchannel was transcribed, and asked the LLM nothing: a reply to it would never play
+    assert "Mm hmm." in [f.transcript for f in h.dg.finals]
+    assert len(h.oai.requests) == 1, "the LLM was asked to answer the backchannel"
     # ... and none of its audio was lost (what was queued at the pause played after it)
     heard = sum(f.frame.samples_per_channel for f in recorder.frames if f.audible)
     assert heard / recorder.sample_rate > 0.97 * undisturbed, (heard, undisturbed)

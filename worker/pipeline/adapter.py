@@ -18,7 +18,8 @@ VoicePipelineAgent (pipeline/pipeline_agent.py)
   ``_pending_agent_reply``, ``_speech_q``, ``_transcribed_text``: withdrawing a reply that has
   not made a sound when the user speaks again. ``_synthesize_agent_reply`` and
   ``_validate_reply_if_possible`` (overridden): after a withdrawal, one request for the merged
-  turn, made on the next final transcript or, if none comes, at the end-of-turn decision.
+  turn, made on the next final transcript or, if none comes, at the end-of-turn decision; with
+  the barge-in policy, none for words heard over a reply that plays on (a backchannel).
   ``_add_speech_for_playout`` (overridden): the moment a reply is confirmed, so the policy can
   report every reply when it ends, including one that never made a sound.
   ``_last_final_transcript_time``, ``_deferred_validation._run``: holding the end-of-turn
@@ -225,9 +226,19 @@ class _Agent(VoicePipelineAgent):
     transcript_wait: Callable[[float | None], float] | None = None
     """The policy's hold on the end-of-turn decision (``PipelineHooks.transcript_wait``)."""
     reply_owed = False
-    """A reply to the user's words was withdrawn and none replaces it yet: the next final
-    transcript asks again (with the merged words); if none comes, the end-of-turn decision
-    does."""
+    """The user's words have no reply requested (one was withdrawn, or none was asked while a
+    reply played on): the next final transcript asks (with the merged words); if none comes,
+    the end-of-turn decision does."""
+    hold_over_reply = False
+    """The barge-in policy decides interruptions: while a reply plays uninterrupted, a final
+    transcript asks for no reply. 0.12 would request one, then drop it (a backchannel's words
+    never interrupt). A barge-in goes on speaking: its next final transcript asks, with every
+    word since the last reply (the end-of-turn decision does if none comes)."""
+
+    def reply_playing(self) -> bool:
+        """A reply is playing and was not interrupted."""
+        speech = self._playing_speech
+        return speech is not None and not speech.interrupted
 
     def _link_participant(self, identity: str) -> None:
         # 0.12 builds its HumanInput by the name in its module, with no hook: swap the name for
@@ -239,6 +250,9 @@ class _Agent(VoicePipelineAgent):
             pipeline_agent.HumanInput = HumanInput  # type: ignore[misc]
 
     def _synthesize_agent_reply(self) -> None:
+        if self.hold_over_reply and self.reply_playing():
+            self.reply_owed = True
+            return
         self.reply_owed = False  # the new request carries every word not answered yet
         super()._synthesize_agent_reply()
 
@@ -325,6 +339,7 @@ class VoicePipeline:
             before_llm_cb=self._before_llm,
             before_tts_cb=self._before_tts,
         )
+        self._agent.hold_over_reply = barge_in is not None
 
     @property
     def agent(self) -> VoicePipelineAgent:
@@ -363,10 +378,6 @@ class VoicePipeline:
     def barge_in(self) -> BargeIn | None:
         return self._barge_in
 
-    def _speaking_uninterrupted(self) -> bool:
-        speech = self._agent._playing_speech
-        return speech is not None and not speech.interrupted
-
     def _interrupt_playing(self) -> None:
         """What 0.12's own barge-in does: interrupt the speech playing (queued ones stay)."""
         speech = self._agent._playing_speech
@@ -385,7 +396,7 @@ class VoicePipeline:
         playout._audio_source = source  # type: ignore[assignment]  # the calls it makes
         self._barge_in = BargeIn(
             source,
-            agent_speaking=self._speaking_uninterrupted,
+            agent_speaking=self._agent.reply_playing,
             interrupt=self._interrupt_playing,
             options=self._barge_in_options,
         )

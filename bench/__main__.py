@@ -1,4 +1,4 @@
-"""``python -m bench [all|voice|tools|capacity|memory|startup] [--quick] [--json PATH]``
+"""``python -m bench [all|voice|turn_taking|tools|capacity|memory|startup] [--quick] [--json PATH]``
 
 Runs each part beside its baseline (stock livekit-agents 0.12.21 VoicePipelineAgent) in one
 run, writes ``<out-dir>/<part>.json`` and ``<out-dir>/<part>.png`` and prints a table.
@@ -24,7 +24,7 @@ from typing import Any
 
 from .harness import DOCS_BENCH, machine_info, write_json
 
-PARTS = ("voice", "tools", "capacity", "memory", "startup")
+PARTS = ("voice", "turn_taking", "tools", "capacity", "memory", "startup")
 
 
 def _module(part: str) -> ModuleType:
@@ -79,7 +79,7 @@ def saved_results(path: Path) -> dict[str, dict[str, Any]]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("part", nargs="?", default="all", choices=("all", *PARTS))
-    parser.add_argument("--quick", action="store_true", help="a CI sanity run (< 2 minutes)")
+    parser.add_argument("--quick", action="store_true", help="a CI sanity run (a few minutes)")
     parser.add_argument("--json", type=Path, help="also write all results into this file")
     parser.add_argument("--out-dir", type=Path, help="where <part>.json and <part>.png go")
     parser.add_argument(

@@ -10,18 +10,15 @@ providers and in-process rooms, as bench/voice).
   loopback STT transcribes the spoken ones (as Deepgram would), not the cough.
 
 ``VAD_PROVIDER`` / ``TURN_DETECTOR`` in the environment apply to ours (bench/harness.py).
-Run: ``.venv/bin/python -m bench.turn_taking [--quick] [--json PATH]``
+Run: ``.venv/bin/python -m bench turn_taking [--quick]`` (a part of ``python -m bench``).
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import gc
-import json
 import logging
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,12 +32,10 @@ from bench.harness import (
     ProviderScript,
     first_after,
     first_audible_after,
-    machine_info,
     open_session,
     push_speech,
     summarize,
     voiced_clip,
-    write_json,
 )
 
 logger = logging.getLogger("bench.turn_taking")
@@ -181,9 +176,14 @@ async def run(quick: bool = False) -> dict[str, Any]:
             "lost_by_sound": {s: sum(r["lost"] for r in sounds if r["sound"] == s) for s in SOUNDS},
         }
     return {
-        "bench": "turn_taking",
-        "quick": quick,
-        "machine": machine_info(),
+        "part": "turn_taking",
+        "config": {
+            "barge_ins_per_pipeline": n_barge,
+            "sounds_per_pipeline": n_sounds,
+            "sounds": list(SOUNDS),
+            "stop": "the agent's last audible frame after the user's first sample, minus it",
+            "lost": "the reply was interrupted (agent_speech_interrupted)",
+        },
         "summary": summary,
         "goals": {
             "barge_in_stop_p50_at_most_0.3_s": _p50_at_most(summary["ours"]["barge_in_stop"], 0.3),
@@ -198,38 +198,57 @@ def _p50_at_most(stats: dict[str, Any], limit: float) -> bool | None:
     return None if p50 is None else bool(p50 <= limit)
 
 
-def table(result: dict[str, Any]) -> str:
+def table(result: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     s = result["summary"]
-
-    def ms(x: float | None) -> str:
-        return "-" if x is None else f"{x * 1000:.0f} ms"
-
-    lines = ["| | ours | stock |", "|---|---|---|"]
+    rows = []
     for q in ("p50", "p95"):
-        lines.append(
-            f"| barge-in stop {q} | {ms(s['ours']['barge_in_stop'].get(q))} "
-            f"| {ms(s['stock']['barge_in_stop'].get(q))} |"
+        ours, stock = (s[k]["barge_in_stop"].get(q) for k in PIPELINES)
+        rows.append(
+            (
+                f"barge-in: user speech -> agent silent {q}",
+                "-" if ours is None else f"{ours * 1000:.0f} ms",
+                "-" if stock is None else f"{stock * 1000:.0f} ms",
+                "-" if not ours or not stock else f"{ours / stock:.2f}",
+            )
         )
-    lines.append(
-        f"| replies lost to short sounds | {s['ours']['replies_lost']}/{s['ours']['backchannels']}"
-        f" | {s['stock']['replies_lost']}/{s['stock']['backchannels']} |"
+    rows.append(
+        (
+            "replies lost to short sounds (mm hmm, cough, ...)",
+            *(f"{s[k]['replies_lost']}/{s[k]['backchannels']}" for k in PIPELINES),
+            "",
+        )
     )
-    return "\n".join(lines)
+    return rows
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--json", type=Path, default=Path("docs/bench/turn_taking.json"))
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
-    result = asyncio.run(run(args.quick))
-    write_json(args.json, result)
-    print(table(result))
-    print(json.dumps(result["goals"]))
-    print(f"wrote {args.json}")
-    return 0
+def draw(result: dict[str, Any], path: Path) -> None:
+    import matplotlib
 
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+    fig, (stops, lost) = plt.subplots(1, 2, figsize=(9, 4.5))
+    for kind, color in (("ours", "tab:blue"), ("stock", "tab:gray")):
+        values = [
+            r["stop"] * 1000
+            for r in result["rows"]
+            if r["pipeline"] == kind and r["kind"] == "barge_in"
+        ]
+        stops.plot(range(1, len(values) + 1), values, "o-", color=color, label=kind)
+    stops.axhline(300, color="k", linestyle=":", linewidth=0.8, label="goal 300 ms (p50)")
+    stops.set_xlabel("barge-in")
+    stops.set_ylabel("ms from the user's first sample to the agent's last frame")
+    stops.set_title("barge-in stop time")
+    stops.legend()
+    sounds = list(result["config"]["sounds"])
+    xs = np.arange(len(sounds))
+    for off, kind, color in ((-0.2, "ours", "tab:blue"), (0.2, "stock", "tab:gray")):
+        by = result["summary"][kind]["lost_by_sound"]
+        lost.bar(xs + off, [by[s] for s in sounds], 0.4, color=color, label=kind)
+    lost.set_xticks(xs, sounds)
+    lost.set_ylabel("replies lost")
+    lost.set_title("short sounds during a long reply")
+    lost.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -102,4 +102,12 @@ async def test_barge_in_silences_the_agent_before_interrupting_it(
         len(heard_while_held),
         barge_in.interrupted_at - barge_in.paused_at,
     )
+    # ... nor at the interruption: the agent is next heard in its reply to the barge-in
+    next_reply = h.named("agent_started_speaking")[1].at
+    heard_after = [
+        round(f.received_at - barge_in.interrupted_at, 3)
+        for f in recorder.frames
+        if f.audible and barge_in.paused_at + in_flight < f.received_at < next_reply - in_flight
+    ]
+    assert heard_after == [], heard_after
     assert interrupted.args[0].content.endswith("...")

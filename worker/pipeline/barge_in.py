@@ -6,7 +6,8 @@ resumes one: a short sound the VAD flags either does nothing audible for half a 
 the reply. Here the reply's audio is held back after ``pause_after`` of speech (the frames queued
 in the audio source but not yet played are taken back, so the agent is silent at once), and:
 - the user's speech reaches ``interrupt_after``: a barge-in, the reply is interrupted (0.12
-  then commits the words played, as it does);
+  then commits the words played, as it does); the source stays paused until 0.12 has ended the
+  reply's playout, which may hand over a frame or two meanwhile;
 - the user stops before that (the VAD's END_OF_SPEECH): a backchannel, the reply goes on from
   the first frame not played. Not sooner: a short word then a pause is also how a barge-in
   starts ("wait, ..."), and the agent must not be heard again in that pause.
@@ -89,11 +90,19 @@ class PausableAudioSource:
 
     def clear_queue(self) -> None:
         """0.12 ends a playout (interrupted or failed): nothing of it plays any more."""
+        self.discard()
+        self._running.set()
+
+    def discard(self) -> None:
+        """Drop what is queued and held, and stay paused: the playout of a reply being
+        interrupted may still hand over frames until 0.12 ends it (with :meth:`clear_queue`)."""
         self._inner.clear_queue()
         self._held = []
         self._recent.clear()
         self._recent_seconds = 0.0
-        self._running.set()
+        if not self.paused:
+            self._running.clear()
+            self.pauses += 1
 
     def pause(self) -> None:
         if self.paused:
@@ -153,6 +162,7 @@ class BargeIn:
         """When the agent's audio was last held back (``time.perf_counter()``)."""
         self.interrupted_at: float | None = None
         """When a reply was last interrupted by a barge-in."""
+        self._cut = False  # a barge-in interrupted the reply, the user still speaks
 
     def on_vad_event(self, ev: vad.VADEvent) -> None:
         source = self._source
@@ -162,22 +172,27 @@ class BargeIn:
         if ev.type != vad.VADEventType.INFERENCE_DONE or not ev.speaking:
             return
         if not self._agent_speaking():
-            source.resume()  # nothing of a reply left to hold
+            # nothing of a reply left to hold (an interrupted one's playout has ended by now:
+            # 0.12 ends it within a few loop turns of the interruption, a VAD window is 32 ms)
+            self._cut = False
+            source.resume()
             return
         if ev.speech_duration >= self.options.interrupt_after:
             self.barge_ins += 1
             self.interrupted_at = time.perf_counter()
+            self._cut = True
             self._interrupt()
-            source.clear_queue()
+            source.discard()
         elif ev.speech_duration >= self.options.pause_after and not source.paused:
             self.paused_at = time.perf_counter()
             source.pause()
 
     def _go_on(self) -> None:
-        if self._source.paused:
+        if self._source.paused and not self._cut:
             self.backchannels += 1
             logger.info("short sound over the agent: its reply goes on")
-            self._source.resume()
+        self._cut = False
+        self._source.resume()
 
 
 def _seconds(frame: rtc.AudioFrame) -> float:

@@ -200,7 +200,7 @@ def _p50_at_most(stats: dict[str, Any], limit: float) -> bool | None:
 
 def table(result: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     s = result["summary"]
-    rows = []
+    rows: list[tuple[str, str, str, str]] = []
     for q in ("p50", "p95"):
         ours, stock = (s[k]["barge_in_stop"].get(q) for k in PIPELINES)
         rows.append(
@@ -211,13 +211,8 @@ def table(result: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                 "-" if not ours or not stock else f"{ours / stock:.2f}",
             )
         )
-    rows.append(
-        (
-            "replies lost to short sounds (mm hmm, cough, ...)",
-            *(f"{s[k]['replies_lost']}/{s[k]['backchannels']}" for k in PIPELINES),
-            "",
-        )
-    )
+    ours_lost, stock_lost = (f"{s[k]['replies_lost']}/{s[k]['backchannels']}" for k in PIPELINES)
+    rows.append(("replies lost to short sounds (mm hmm, cough, ...)", ours_lost, stock_lost, ""))
     return rows
 
 

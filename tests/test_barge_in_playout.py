@@ -96,43 +96,50 @@ END_OF_SPEECH = vad.VADEvent(
 )
 
 
-class Reply:
-    """One reply played by 0.12's ``AgentPlayout``, with the policy watching it."""
+class Stage:
+    """0.12's playout through the wrapper into the recorded source, and a room for the
+    transcript it forwards."""
 
-    def __init__(self, playout: AgentPlayout, room: LocalRoom, seconds: float) -> None:
+    def __init__(self) -> None:
+        self.recording = RecordingSource()
+        self.source = PausableAudioSource(self.recording)  # type: ignore[arg-type]
+        self.playout = AgentPlayout(audio_source=self.source)  # type: ignore[arg-type]
+        self.room = LocalRoom()
+
+    def play(self, seconds: float) -> PlayoutHandle:
         forwarder = TTSSegmentsForwarder(
-            room=room,  # type: ignore[arg-type]
-            participant=room.local_participant,  # type: ignore[arg-type]
+            room=self.room,  # type: ignore[arg-type]
+            participant=self.room.local_participant,  # type: ignore[arg-type]
             track="TR_agent_voice",
         )
         forwarder.push_text("a long answer")
         forwarder.mark_text_segment_end()
-        self.handle: PlayoutHandle = playout.play("reply", tone(seconds), forwarder)
+        return self.playout.play("reply", tone(seconds), forwarder)
+
+    async def playing_reply(self, seconds: float) -> tuple[PlayoutHandle, BargeIn]:
+        """A reply of ``seconds`` playing for a while, with the policy watching it."""
+        reply = self.play(seconds)
+        barge_in = BargeIn(
+            self.source,
+            agent_speaking=lambda: not reply.interrupted,
+            interrupt=reply.interrupt,
+            options=BargeInOptions(),
+        )
+        await self.recording.wait_for_frames(30)
+        return reply, barge_in
 
 
 @pytest.fixture
-async def parts() -> AsyncIterator[tuple[RecordingSource, PausableAudioSource, AgentPlayout]]:
-    recording = RecordingSource()
-    source = PausableAudioSource(recording)  # type: ignore[arg-type]
-    playout = AgentPlayout(audio_source=source)  # type: ignore[arg-type]
-    yield recording, source, playout
-    await playout.aclose()
+async def stage() -> AsyncIterator[Stage]:
+    stage = Stage()
+    yield stage
+    await stage.playout.aclose()
 
 
-async def test_a_barge_in_lets_no_frame_of_the_interrupted_reply_through(
-    parts: tuple[RecordingSource, PausableAudioSource, AgentPlayout],
-) -> None:
-    recording, source, playout = parts
-    room = LocalRoom()
-    options = BargeInOptions()
-    reply = Reply(playout, room, seconds=10.0)
-    barge_in = BargeIn(
-        source,
-        agent_speaking=lambda: not reply.handle.interrupted,
-        interrupt=reply.handle.interrupt,
-        options=options,
-    )
-    await recording.wait_for_frames(30)  # playing
+async def test_a_barge_in_lets_no_frame_of_the_interrupted_reply_through(stage: Stage) -> None:
+    recording, source = stage.recording, stage.source
+    reply, barge_in = await stage.playing_reply(10.0)
+    options = barge_in.options
 
     barge_in.on_vad_event(speaking(options.pause_after))
     assert source.paused
@@ -141,10 +148,10 @@ async def test_a_barge_in_lets_no_frame_of_the_interrupted_reply_through(
     assert len(recording.captured) == given  # held back: the playout waits
 
     barge_in.on_vad_event(speaking(options.interrupt_after))
-    await asyncio.wait_for(reply.handle.join(), 5)  # 0.12 ends the interrupted playout
+    await asyncio.wait_for(reply.join(), 5)  # 0.12 ends the interrupted playout
     await asyncio.sleep(0.05)
     assert barge_in.barge_ins == 1
-    assert reply.handle.interrupted
+    assert reply.interrupted
     late = [round(t - (barge_in.interrupted_at or 0), 4) for t in recording.captured[given:]]
     assert late == [], "frames of the interrupted reply reached the audio source"
 
@@ -153,25 +160,16 @@ async def test_a_barge_in_lets_no_frame_of_the_interrupted_reply_through(
     barge_in.on_vad_event(END_OF_SPEECH)
     assert barge_in.backchannels == 0
     assert not source.paused
-    next_reply = Reply(playout, room, seconds=0.2)
-    await asyncio.wait_for(next_reply.handle.join(), 5)
+    await asyncio.wait_for(stage.play(0.2).join(), 5)
     assert len(recording.captured) == given + 20
 
 
 async def test_a_short_sound_holds_the_reply_and_it_goes_on_with_nothing_lost(
-    parts: tuple[RecordingSource, PausableAudioSource, AgentPlayout],
+    stage: Stage,
 ) -> None:
-    recording, source, playout = parts
-    room = LocalRoom()
-    options = BargeInOptions()
-    reply = Reply(playout, room, seconds=1.5)
-    barge_in = BargeIn(
-        source,
-        agent_speaking=lambda: not reply.handle.interrupted,
-        interrupt=reply.handle.interrupt,
-        options=options,
-    )
-    await recording.wait_for_frames(30)
+    recording, source = stage.recording, stage.source
+    reply, barge_in = await stage.playing_reply(1.5)
+    options = barge_in.options
 
     barge_in.on_vad_event(speaking(options.pause_after))
     taken_back = round(source.queued_duration * 100)  # queued, not played: held to play later
@@ -180,9 +178,9 @@ async def test_a_short_sound_holds_the_reply_and_it_goes_on_with_nothing_lost(
     await asyncio.sleep(0.05)
     assert len(recording.captured) == given
     barge_in.on_vad_event(END_OF_SPEECH)  # the user stopped before interrupt_after
-    await asyncio.wait_for(reply.handle.join(), 10)
+    await asyncio.wait_for(reply.join(), 10)
 
     assert barge_in.backchannels == 1
-    assert not reply.handle.interrupted
+    assert not reply.interrupted
     # every frame of the reply was given to the source, the ones taken back at the pause twice
     assert len(recording.captured) == 150 + taken_back

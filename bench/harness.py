@@ -194,6 +194,22 @@ def ratio(ours: float | None, stock: float | None) -> float | None:
     return round(ours / stock, 3)
 
 
+Row = tuple[str, str, str, str]
+"""A row of the bench's table: metric, ours, stock, ours/stock."""
+
+
+def ms_row(
+    label: str, ours: float | None, stock: float | None, ours_over_stock: float | None
+) -> Row:
+    """A row of two times (seconds, shown in ms) and their ratio; "-" for what is missing."""
+    return (
+        label,
+        "-" if ours is None else f"{ours * 1000:.0f} ms",
+        "-" if stock is None else f"{stock * 1000:.0f} ms",
+        "-" if ours_over_stock is None else f"{ours_over_stock:.2f}",
+    )
+
+
 def rounded(x: float | None, digits: int = 4) -> float | None:
     return None if x is None else round(x, digits)
 

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import psutil  # type: ignore[import-untyped]  # no stubs installed
 
-from .harness import PIPELINES, Pipeline, exit_child, ratio, summarize
+from .harness import PIPELINES, Pipeline, Row, exit_child, ms_row, ratio, summarize
 
 logger = logging.getLogger("bench.startup")
 
@@ -308,18 +308,16 @@ async def run(quick: bool = False) -> dict[str, Any]:
     }
 
 
-def table(result: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+def table(result: dict[str, Any]) -> list[Row]:
     rows = []
     per, rat = result["pipelines"], result["ratios_ours_over_stock"]
     for q in ("p50", "p95"):
-        o, s = per["ours"]["listening"][q], per["stock"]["listening"][q]
-        r = rat[f"listening_{q}"]
         rows.append(
-            (
+            ms_row(
                 f"startup: job assignment -> listening {q}",
-                "-" if o is None else f"{o * 1000:.0f} ms",
-                "-" if s is None else f"{s * 1000:.0f} ms",
-                "-" if r is None else f"{r:.2f}",
+                per["ours"]["listening"][q],
+                per["stock"]["listening"][q],
+                rat[f"listening_{q}"],
             )
         )
     return rows

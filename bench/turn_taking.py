@@ -30,10 +30,13 @@ from bench.harness import (
     BenchSession,
     Pipeline,
     ProviderScript,
+    Row,
     first_after,
     first_audible_after,
+    ms_row,
     open_session,
     push_speech,
+    ratio,
     summarize,
     voiced_clip,
 )
@@ -198,18 +201,13 @@ def _p50_at_most(stats: dict[str, Any], limit: float) -> bool | None:
     return None if p50 is None else bool(p50 <= limit)
 
 
-def table(result: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+def table(result: dict[str, Any]) -> list[Row]:
     s = result["summary"]
-    rows: list[tuple[str, str, str, str]] = []
+    rows: list[Row] = []
     for q in ("p50", "p95"):
         ours, stock = (s[k]["barge_in_stop"].get(q) for k in PIPELINES)
         rows.append(
-            (
-                f"barge-in: user speech -> agent silent {q}",
-                "-" if ours is None else f"{ours * 1000:.0f} ms",
-                "-" if stock is None else f"{stock * 1000:.0f} ms",
-                "-" if not ours or not stock else f"{ours / stock:.2f}",
-            )
+            ms_row(f"barge-in: user speech -> agent silent {q}", ours, stock, ratio(ours, stock))
         )
     ours_lost, stock_lost = (f"{s[k]['replies_lost']}/{s[k]['backchannels']}" for k in PIPELINES)
     rows.append(("replies lost to short sounds (mm hmm, cough, ...)", ours_lost, stock_lost, ""))

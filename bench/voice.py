@@ -64,11 +64,13 @@ from .harness import (
     LoopMonitor,
     Pipeline,
     ProviderScript,
+    Row,
     audible_starts,
     first_after,
     first_audible_after,
     first_sentence_tokens,
     last_between,
+    ms_row,
     open_session,
     ours_turn_taking,
     push_speech,
@@ -511,23 +513,12 @@ async def run(quick: bool = False) -> dict[str, Any]:
     }
 
 
-Row = tuple[str, str, str, str]
-
-
 def table(result: dict[str, Any]) -> list[Row]:
     """(metric, ours, stock, ours/stock) rows."""
     per, rat = result["pipelines"], result["ratios_ours_over_stock"]
 
-    def ms(x: float | None) -> str:
-        return "-" if x is None else f"{x * 1000:.0f} ms"
-
     def row(label: str, per: dict[str, Any], metric: str, q: str, r: float | None) -> Row:
-        return (
-            f"{label} {q}",
-            ms(per["ours"][metric][q]),
-            ms(per["stock"][metric][q]),
-            "-" if r is None else f"{r:.2f}",
-        )
+        return ms_row(f"{label} {q}", per["ours"][metric][q], per["stock"][metric][q], r)
 
     rows = [
         row(label, per, metric, q, rat[f"{metric}_{q}"])
